@@ -1,0 +1,144 @@
+// Making packed weights from numpy, and the scalar reference kernels for tests.
+#include <vector>
+
+#include "bindings/common.h"
+#include "core/packed_matrix.h"
+#include "quant/matmul_ref.h"
+#include "quant/panel.h"
+#include "quant/quantize.h"
+#include "runtime/thread_pool.h"
+
+namespace linly::py_bind {
+
+namespace {
+py::array_t<uint8_t> quantize_np(const py::array& w, const std::string& fmt_name) {
+  const Format fmt = parse_format_or_throw(fmt_name);
+  require_f32(w, "w", 2, 2);
+  const int64_t n = w.shape(0), k = w.shape(1);
+  require_k(fmt, k);
+  const int64_t rb = row_bytes(fmt, k);
+  py::array_t<uint8_t> out({n, rb});
+  const float* src = static_cast<const float*>(w.data());
+  uint8_t* dst = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    global_pool().parallel_for(n, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) quantize_row(fmt, src + r * k, dst + r * rb, k);
+    });
+  }
+  return out;
+}
+
+py::array_t<float> dequantize_np(const py::array& data, const std::string& fmt_name, int64_t k) {
+  const Format fmt = parse_format_or_throw(fmt_name);
+  require_packed_rows(data, fmt, k);
+  const int64_t n = data.shape(0), rb = row_bytes(fmt, k);
+  py::array_t<float> out({n, k});
+  const uint8_t* src = static_cast<const uint8_t*>(data.data());
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    global_pool().parallel_for(n, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) dequantize_row(fmt, src + r * rb, dst + r * k, k);
+    });
+  }
+  return out;
+}
+}  // namespace
+
+void bind_quant(py::module_& m) {
+  m.def("formats", [] {
+    std::vector<std::string> v;
+    for (int i = 0; i < (int)Format::kCount; ++i) v.push_back(format_info((Format)i).name);
+    return v;
+  }, "Names of the weight formats.");
+
+  m.def("format_info", [](const std::string& name) {
+    const FormatInfo& fi = format_info(parse_format_or_throw(name));
+    py::dict d;
+    d["name"] = fi.name;
+    d["block_elems"] = fi.block_elems;
+    d["block_bytes"] = fi.block_bytes;
+    d["bits_per_weight"] = 8.0 * fi.block_bytes / fi.block_elems;
+    d["integer_path"] = fi.integer_path;
+    return d;
+  }, py::arg("fmt"));
+
+  m.def("row_bytes", [](const std::string& name, int64_t k) {
+    const Format f = parse_format_or_throw(name);
+    require_k(f, k);
+    return row_bytes(f, k);
+  }, py::arg("fmt"), py::arg("k"));
+
+  m.def("quantize", &quantize_np, py::arg("w"), py::arg("fmt"),
+        "f32 [n, k] -> uint8 [n, bytes_per_row] in the on-disk layout of `fmt`.");
+  m.def("dequantize", &dequantize_np, py::arg("data"), py::arg("fmt"), py::arg("k"),
+        "uint8 [n, bytes_per_row] of `fmt` -> f32 [n, k].");
+
+  m.def("quantize_activations", [](const py::array& x, const py::object& isa) {
+    require_f32(x, "x", 2, 2);
+    const int64_t mm = x.shape(0), k = x.shape(1);
+    require_k(Format::Q8_0, k);
+    const KernelTable& kt = kernels_or_default(isa);
+    py::array_t<uint8_t> out({mm, (int64_t)(k / QK * sizeof(block_q8_act))});
+    const float* src = static_cast<const float*>(x.data());
+    auto* dst = reinterpret_cast<block_q8_act*>(out.mutable_data());
+    {
+      py::gil_scoped_release nogil;
+      quantize_activations(kt, src, mm, k, dst);
+    }
+    return out;
+  }, py::arg("x"), py::arg("isa") = py::none(),
+     "Activation blocks (f32 d, i32 sum, 32 x i8) as the integer kernels see them; for tests.");
+
+  m.def("matmul_ref", [](const py::array& x, const py::array& data, const std::string& fmt_name, int64_t k) {
+    const Format fmt = parse_format_or_throw(fmt_name);
+    require_packed_rows(data, fmt, k);
+    require_f32(x, "x", 2, 2);
+    if (x.shape(1) != k)
+      throw py::value_error("x has shape " + shape_str(x) + " but the weights have k=" + std::to_string(k));
+    const int64_t mm = x.shape(0), n = data.shape(0);
+    py::array_t<float> y({mm, n});
+    std::vector<block_q8_act> xq;
+    MatmulArgs a{fmt, static_cast<const uint8_t*>(data.data()), false, n, k, mm,
+                 static_cast<const float*>(x.data()), nullptr, y.mutable_data()};
+    {
+      py::gil_scoped_release nogil;
+      if (format_info(fmt).integer_path) {
+        xq.resize((size_t)(mm * (k / QK)));
+        for (int64_t i = 0; i < mm; ++i) quantize_row_act_ref(a.x + i * k, xq.data() + i * (k / QK), k);
+        a.xq = xq.data();
+        a.x = nullptr;
+      }
+      matmul_ref(a, 0, n);
+    }
+    return y;
+  }, py::arg("x"), py::arg("data"), py::arg("fmt"), py::arg("k"),
+     "Single-threaded scalar reference of y = x · Wᵀ on the on-disk layout.");
+
+  m.def("repack_panels", [](const py::array& data, const std::string& fmt_name, int64_t k) {
+    const Format fmt = parse_format_or_throw(fmt_name);
+    require_packed_rows(data, fmt, k);
+    if (!format_has_panels(fmt)) throw py::value_error(std::string(format_info(fmt).name) + " has no panel layout");
+    const int64_t n = data.shape(0);
+    py::array_t<uint8_t> out(panel_count(n) * panel_layout(fmt, k).panel_bytes);
+    repack_to_panels(fmt, static_cast<const uint8_t*>(data.data()), n, k, out.mutable_data());
+    return out;
+  }, py::arg("data"), py::arg("fmt"), py::arg("k"), "On-disk rows -> 16-row panels (in-memory layout).");
+
+  m.def("unpack_panels", [](const py::array& panels, const std::string& fmt_name, int64_t n, int64_t k) {
+    const Format fmt = parse_format_or_throw(fmt_name);
+    require_k(fmt, k);
+    if (!format_has_panels(fmt)) throw py::value_error(std::string(format_info(fmt).name) + " has no panel layout");
+    if (n < 1) throw py::value_error("n must be >= 1");
+    const int64_t need = panel_count(n) * panel_layout(fmt, k).panel_bytes;
+    if (panels.dtype().kind() != 'u' || panels.itemsize() != 1 || panels.ndim() != 1 ||
+        !(panels.flags() & py::array::c_style) || panels.shape(0) != need)
+      throw py::value_error("panels must be a contiguous 1-D uint8 array of " + std::to_string(need) + " bytes");
+    py::array_t<uint8_t> out({n, row_bytes(fmt, k)});
+    unpack_from_panels(fmt, static_cast<const uint8_t*>(panels.data()), n, k, out.mutable_data());
+    return out;
+  }, py::arg("panels"), py::arg("fmt"), py::arg("n"), py::arg("k"), "Inverse of repack_panels.");
+}
+
+}  // namespace linly::py_bind

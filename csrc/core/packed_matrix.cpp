@@ -1,0 +1,53 @@
+#include "core/packed_matrix.h"
+
+#include <vector>
+
+#include "quant/panel.h"
+#include "runtime/thread_pool.h"
+
+namespace linly {
+
+PackedMatrix::PackedMatrix(Format fmt, int64_t n, int64_t k, const uint8_t* plain, const KernelTable& kernels)
+    : fmt_(fmt), n_(n), k_(k), plain_(plain), kernels_(&kernels) {
+  if (kernels.uses_panels && format_has_panels(fmt)) {
+    panels_ = AlignedBuffer(panel_count(n) * panel_layout(fmt, k).panel_bytes);
+    const int64_t pb = panel_layout(fmt, k).panel_bytes, rb = row_bytes(fmt, k);
+    uint8_t* out = panels_.data();
+    global_pool().parallel_for(panel_count(n), [&](int64_t p0, int64_t p1) {
+      const int64_t r0 = p0 * kPanelRows, r1 = p1 * kPanelRows < n ? p1 * kPanelRows : n;
+      repack_to_panels(fmt, plain + r0 * rb, r1 - r0, k, out + p0 * pb);
+    });
+  }
+}
+
+int64_t PackedMatrix::weight_bytes() const { return repacked() ? panels_.size() : n_ * row_bytes(fmt_, k_); }
+
+void quantize_activations(const KernelTable& kt, const float* x, int64_t m, int64_t k, block_q8_act* out) {
+  const int64_t nb = k / QK;
+  if (m * k < (1 << 16)) {  // decode-sized: not worth waking the pool
+    for (int64_t i = 0; i < m; ++i) kt.quantize_act(x + i * k, out + i * nb, k);
+    return;
+  }
+  global_pool().parallel_for(m, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) kt.quantize_act(x + i * k, out + i * nb, k);
+  });
+}
+
+void PackedMatrix::matmul(const float* x, int64_t m, float* y) const {
+  MatmulArgs a{fmt_, repacked() ? panels_.data() : plain_, repacked(), n_, k_, m, x, nullptr, y};
+  // Activation blocks live in a per-thread scratch that only grows: no allocation per
+  // token once the largest batch has been seen.
+  thread_local std::vector<block_q8_act> scratch;
+  if (format_info(fmt_).integer_path) {
+    const size_t need = (size_t)(m * (k_ / QK));
+    if (scratch.size() < need) scratch.resize(need);
+    quantize_activations(*kernels_, x, m, k_, scratch.data());
+    a.xq = scratch.data();
+    a.x = nullptr;
+  }
+  const int64_t units = repacked() ? panel_count(n_) : n_;
+  const KernelTable* kt = kernels_;
+  global_pool().parallel_for(units, [&](int64_t b, int64_t e) { kt->matmul(a, b, e); });
+}
+
+}  // namespace linly

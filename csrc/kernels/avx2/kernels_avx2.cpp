@@ -1,0 +1,271 @@
+// AVX2 + FMA + F16C kernels. Compiled with -mavx2 -mfma -mf16c in this unit only;
+// reached solely through kernels_avx2() after CPUID says the CPU has them.
+// Every function here is in an anonymous namespace (see fp16.h on why).
+#include <immintrin.h>
+
+#include "kernels/kernel_table.h"
+#include "quant/fp16.h"
+#include "quant/matmul_ref.h"
+#include "quant/panel.h"
+
+namespace linly {
+namespace {
+
+inline int32_t hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline float hsum_f32(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Twin of quantize_row_act_ref; must produce identical bytes (same ops, same rounding).
+void quantize_act_avx2(const float* x, block_q8_act* y, int64_t k) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t b = 0; b < k / QK; ++b, x += QK) {
+    const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+    const __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+    __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, abs_mask), _mm256_and_ps(v1, abs_mask)),
+                              _mm256_max_ps(_mm256_and_ps(v2, abs_mask), _mm256_and_ps(v3, abs_mask)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const float d = amax / 127.0f;
+    const __m256 id = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+    const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, id));  // MXCSR default: nearest-even
+    const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, id));
+    const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, id));
+    const __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, id));
+    y[b].d = d;
+    y[b].s = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+    // packs work within 128-bit lanes; one dword permute restores element order.
+    const __m256i s8 = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    _mm256_storeu_si256((__m256i*)y[b].qs, _mm256_permutevar8x32_epi32(s8, order));
+  }
+}
+
+constexpr int group_size(Format f) {
+  return f == Format::Q4_G32 ? 32 : f == Format::Q4_G64 ? 64 : f == Format::Q4_G128 ? 128 : 0;
+}
+
+inline void store_rows(float* y, __m256 v, int rows) {  // rows: how many of the 8 lanes exist
+  if (rows >= 8) { _mm256_storeu_ps(y, v); return; }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, v);
+  for (int r = 0; r < rows; ++r) y[r] = t[r];
+}
+
+// One 16-row panel of a 4-bit format against MT activation rows. The hot loop of
+// decode: every weight byte of the model passes through here once per token.
+// Each half (8 rows) is one ymm of 8 int32 lanes, one lane per weight row.
+template <Format F, int MT>
+void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
+              float* const* ys, int rows) {
+  constexpr int G = group_size(F);
+  constexpr int SUB = G ? G / QK : 1;  // 32-blocks sharing one scale
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[2][MT];
+  for (int h = 0; h < 2; ++h)
+    for (int m = 0; m < MT; ++m) acc[h][m] = _mm256_setzero_ps();
+
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* q = panel + b * 256;
+    const int64_t g = b / SUB;
+    for (int h = 0; h < 2; ++h) {
+      __m256i p[MT];
+      for (int v = 0; v < 4; ++v) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
+        const __m256i lo = _mm256_and_si256(raw, low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+        for (int m = 0; m < MT; ++m) {
+          const int32_t* xw = (const int32_t*)xs[m][b].qs;
+          // u8 code × s8 activation: |pair sum| ≤ 2·15·127, eight of them fit in int16.
+          const __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xw[v])),
+                                             _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xw[4 + v])));
+          p[m] = v == 0 ? t : _mm256_add_epi16(p[m], t);
+        }
+      }
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.d_offset + g * 32 + h * 16)));
+      for (int m = 0; m < MT; ++m) {
+        const block_q8_act& a = xs[m][b];
+        __m256i isum = _mm256_madd_epi16(p[m], ones);
+        if (F == Format::Q4_0) isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * a.s));
+        if (G) {
+          const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(panel + L.z_offset + g * 16 + h * 8)));
+          isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(z, _mm256_set1_epi32(a.s)));
+        }
+        acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a.d)), _mm256_cvtepi32_ps(isum), acc[h][m]);
+        if (F == Format::Q4_1) {
+          const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.m_offset + g * 32 + h * 16)));
+          acc[h][m] = _mm256_fmadd_ps(mn, _mm256_set1_ps(a.d * (float)a.s), acc[h][m]);
+        }
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    store_rows(ys[m], acc[0][m], rows);
+    if (rows > 8) store_rows(ys[m] + 8, acc[1][m], rows - 8);
+  }
+}
+
+template <int MT>
+void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
+              float* const* ys, int rows) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[2][MT];
+  for (int h = 0; h < 2; ++h)
+    for (int m = 0; m < MT; ++m) acc[h][m] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* q = panel + b * 512;
+    for (int h = 0; h < 2; ++h) {
+      __m256i isum[MT];
+      for (int m = 0; m < MT; ++m) isum[m] = _mm256_setzero_si256();
+      for (int v = 0; v < 8; ++v) {
+        const __m256i w = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
+        const __m256i aw = _mm256_abs_epi8(w);
+        for (int m = 0; m < MT; ++m) {
+          // Sign trick: |w| · (x·sign w) = w·x with an unsigned first operand for maddubs.
+          const __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(((const int32_t*)xs[m][b].qs)[v]), w);
+          isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
+        }
+      }
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.d_offset + b * 32 + h * 16)));
+      for (int m = 0; m < MT; ++m) {
+        acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xs[m][b].d)), _mm256_cvtepi32_ps(isum[m]),
+                                    acc[h][m]);
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    store_rows(ys[m], acc[0][m], rows);
+    if (rows > 8) store_rows(ys[m] + 8, acc[1][m], rows - 8);
+  }
+}
+
+template <int MT>
+void panel_tile(Format f, const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
+                float* const* ys, int rows) {
+  switch (f) {
+    case Format::Q4_0: q4_panel<Format::Q4_0, MT>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_1: q4_panel<Format::Q4_1, MT>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_G32: q4_panel<Format::Q4_G32, MT>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_G64: q4_panel<Format::Q4_G64, MT>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_G128: q4_panel<Format::Q4_G128, MT>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q8_0: q8_panel<MT>(panel, L, nb, xs, ys, rows); break;
+    default: break;
+  }
+}
+
+inline __m256 load8(Format f, const uint8_t* w, int64_t i) {
+  switch (f) {
+    case Format::F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + i)));
+    case Format::BF16:
+      return _mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + i))), 16));
+    default: return _mm256_loadu_ps((const float*)w + i);
+  }
+}
+
+inline float load1(Format f, const uint8_t* w, int64_t i) {
+  switch (f) {
+    case Format::F16: return fp16_to_fp32(((const uint16_t*)w)[i]);
+    case Format::BF16: return bf16_to_fp32(((const uint16_t*)w)[i]);
+    default: return ((const float*)w)[i];
+  }
+}
+
+// Dense rows, four at a time so each activation load feeds four FMAs.
+template <Format F>
+void dense_rows(const MatmulArgs& a, int64_t n0, int64_t n1) {
+  const int64_t rb = row_bytes(F, a.k), k8 = a.k / 8 * 8;
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const uint8_t* w = a.w + n * rb;
+    for (int64_t m = 0; m < a.m; ++m) {
+      const float* x = a.x + m * a.k;
+      __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+      for (int64_t i = 0; i < k8; i += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + i);
+        acc0 = _mm256_fmadd_ps(load8(F, w, i), xv, acc0);
+        acc1 = _mm256_fmadd_ps(load8(F, w + rb, i), xv, acc1);
+        acc2 = _mm256_fmadd_ps(load8(F, w + 2 * rb, i), xv, acc2);
+        acc3 = _mm256_fmadd_ps(load8(F, w + 3 * rb, i), xv, acc3);
+      }
+      float s[4] = {hsum_f32(acc0), hsum_f32(acc1), hsum_f32(acc2), hsum_f32(acc3)};
+      for (int64_t i = k8; i < a.k; ++i)
+        for (int r = 0; r < 4; ++r) s[r] += load1(F, w + r * rb, i) * x[i];
+      for (int r = 0; r < 4; ++r) a.y[m * a.n + n + r] = s[r];
+    }
+  }
+  for (; n < n1; ++n) {
+    const uint8_t* w = a.w + n * rb;
+    for (int64_t m = 0; m < a.m; ++m) {
+      const float* x = a.x + m * a.k;
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t i = 0; i < k8; i += 8) acc = _mm256_fmadd_ps(load8(F, w, i), _mm256_loadu_ps(x + i), acc);
+      float s = hsum_f32(acc);
+      for (int64_t i = k8; i < a.k; ++i) s += load1(F, w, i) * x[i];
+      a.y[m * a.n + n] = s;
+    }
+  }
+}
+
+void matmul_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
+  switch (a.fmt) {
+    case Format::F32: dense_rows<Format::F32>(a, begin, end); return;
+    case Format::F16: dense_rows<Format::F16>(a, begin, end); return;
+    case Format::BF16: dense_rows<Format::BF16>(a, begin, end); return;
+    default: break;
+  }
+  if (!a.panels) { matmul_ref(a, begin, end); return; }
+  const PanelLayout L = panel_layout(a.fmt, a.k);
+  const int64_t nb = a.k / QK;
+  constexpr int MT = 2;
+  for (int64_t p = begin; p < end; ++p) {
+    const uint8_t* panel = a.w + p * L.panel_bytes;
+    const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+    int64_t m = 0;
+    for (; m + MT <= a.m; m += MT) {
+      const block_q8_act* xs[MT] = {a.xq + m * nb, a.xq + (m + 1) * nb};
+      float* ys[MT] = {a.y + m * a.n + p * kPanelRows, a.y + (m + 1) * a.n + p * kPanelRows};
+      panel_tile<MT>(a.fmt, panel, L, nb, xs, ys, rows);
+    }
+    for (; m < a.m; ++m) {
+      const block_q8_act* xs[1] = {a.xq + m * nb};
+      float* ys[1] = {a.y + m * a.n + p * kPanelRows};
+      panel_tile<1>(a.fmt, panel, L, nb, xs, ys, rows);
+    }
+  }
+}
+
+uint64_t read_checksum_avx2(const uint8_t* p, int64_t bytes) {
+  // Eight independent accumulators keep eight loads in flight per iteration.
+  __m256i s[8];
+  for (int i = 0; i < 8; ++i) s[i] = _mm256_setzero_si256();
+  for (int64_t o = 0; o < bytes; o += 256) {
+    for (int i = 0; i < 8; ++i) s[i] = _mm256_add_epi64(s[i], _mm256_load_si256((const __m256i*)(p + o + 32 * i)));
+  }
+  __m256i t = s[0];
+  for (int i = 1; i < 8; ++i) t = _mm256_xor_si256(t, s[i]);
+  alignas(32) uint64_t l[4];
+  _mm256_store_si256((__m256i*)l, t);
+  return l[0] ^ l[1] ^ l[2] ^ l[3];
+}
+
+}  // namespace
+
+const KernelTable& kernels_avx2() {
+  static const KernelTable t{Isa::Avx2, "avx2", true, quantize_act_avx2, matmul_avx2, read_checksum_avx2};
+  return t;
+}
+
+}  // namespace linly

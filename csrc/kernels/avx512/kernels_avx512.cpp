@@ -1,0 +1,198 @@
+// AVX-512 (F, BW, VL, VNNI) kernels. Compiled with those flags in this unit only and
+// reached solely through kernels_avx512() after CPUID and XGETBV say the CPU and OS
+// support them. One panel (16 rows) is exactly one zmm of int32 lanes.
+#include <immintrin.h>
+
+#include "kernels/kernel_table.h"
+#include "quant/fp16.h"
+#include "quant/matmul_ref.h"
+#include "quant/panel.h"
+
+namespace linly {
+namespace {
+
+// Twin of quantize_row_act_ref; must produce identical bytes.
+void quantize_act_avx512(const float* x, block_q8_act* y, int64_t k) {
+  for (int64_t b = 0; b < k / QK; ++b, x += QK) {
+    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float d = amax / 127.0f;
+    const __m512 id = _mm512_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+    const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id));  // MXCSR default: nearest-even
+    const __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
+    y[b].d = d;
+    y[b].s = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+    _mm_storeu_si128((__m128i*)y[b].qs, _mm512_cvtepi32_epi8(i0));  // |q| ≤ 127: no truncation
+    _mm_storeu_si128((__m128i*)(y[b].qs + 16), _mm512_cvtepi32_epi8(i1));
+  }
+}
+
+constexpr int group_size(Format f) {
+  return f == Format::Q4_G32 ? 32 : f == Format::Q4_G64 ? 64 : f == Format::Q4_G128 ? 128 : 0;
+}
+
+inline void store_rows(float* y, __m512 v, int rows) {
+  _mm512_mask_storeu_ps(y, (__mmask16)((1u << rows) - 1u), v);
+}
+
+// One 16-row panel of a 4-bit format against MT activation rows; the decode hot loop.
+template <Format F, int MT>
+void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
+              float* const* ys, int rows) {
+  constexpr int G = group_size(F);
+  constexpr int SUB = G ? G / QK : 1;
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  __m512 acc[MT];
+  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* q = panel + b * 256;
+    const int64_t g = b / SUB;
+    __m512i isum[MT];
+    for (int m = 0; m < MT; ++m) isum[m] = _mm512_setzero_si512();
+    for (int v = 0; v < 4; ++v) {
+      const __m512i raw = _mm512_loadu_si512((const void*)(q + v * 64));
+      const __m512i lo = _mm512_and_si512(raw, low4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+      for (int m = 0; m < MT; ++m) {
+        const int32_t* xw = (const int32_t*)xs[m][b].qs;
+        isum[m] = _mm512_dpbusd_epi32(isum[m], lo, _mm512_set1_epi32(xw[v]));
+        isum[m] = _mm512_dpbusd_epi32(isum[m], hi, _mm512_set1_epi32(xw[4 + v]));
+      }
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(panel + L.d_offset + g * 32)));
+    for (int m = 0; m < MT; ++m) {
+      const block_q8_act& a = xs[m][b];
+      __m512i is = isum[m];
+      if (F == Format::Q4_0) is = _mm512_sub_epi32(is, _mm512_set1_epi32(8 * a.s));
+      if (G) {
+        const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(panel + L.z_offset + g * 16)));
+        is = _mm512_sub_epi32(is, _mm512_mullo_epi32(z, _mm512_set1_epi32(a.s)));
+      }
+      acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a.d)), _mm512_cvtepi32_ps(is), acc[m]);
+      if (F == Format::Q4_1) {
+        const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(panel + L.m_offset + g * 32)));
+        acc[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a.d * (float)a.s), acc[m]);
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m) store_rows(ys[m], acc[m], rows);
+}
+
+template <int MT>
+void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
+              float* const* ys, int rows) {
+  const __m512i bias = _mm512_set1_epi8((char)0x80);
+  __m512 acc[MT];
+  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* q = panel + b * 512;
+    __m512i isum[MT];
+    for (int m = 0; m < MT; ++m) isum[m] = _mm512_setzero_si512();
+    for (int v = 0; v < 8; ++v) {
+      // vpdpbusd wants u8 × s8: w ^ 0x80 = w + 128 as unsigned; the extra 128·Σx is
+      // removed exactly below with the block's activation sum.
+      const __m512i w = _mm512_xor_si512(_mm512_loadu_si512((const void*)(q + v * 64)), bias);
+      for (int m = 0; m < MT; ++m)
+        isum[m] = _mm512_dpbusd_epi32(isum[m], w, _mm512_set1_epi32(((const int32_t*)xs[m][b].qs)[v]));
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(panel + L.d_offset + b * 32)));
+    for (int m = 0; m < MT; ++m) {
+      const __m512i is = _mm512_sub_epi32(isum[m], _mm512_set1_epi32(128 * xs[m][b].s));
+      acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xs[m][b].d)), _mm512_cvtepi32_ps(is), acc[m]);
+    }
+  }
+  for (int m = 0; m < MT; ++m) store_rows(ys[m], acc[m], rows);
+}
+
+template <int MT>
+void panel_tile(Format f, const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
+                float* const* ys, int rows) {
+  switch (f) {
+    case Format::Q4_0: q4_panel<Format::Q4_0, MT>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_1: q4_panel<Format::Q4_1, MT>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_G32: q4_panel<Format::Q4_G32, MT>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_G64: q4_panel<Format::Q4_G64, MT>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_G128: q4_panel<Format::Q4_G128, MT>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q8_0: q8_panel<MT>(panel, L, nb, xs, ys, rows); break;
+    default: break;
+  }
+}
+
+inline __m512 load16(Format f, const uint8_t* w, int64_t i, __mmask16 mask) {
+  switch (f) {
+    case Format::F16:
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (const uint16_t*)w + i));
+    case Format::BF16:
+      return _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const uint16_t*)w + i)), 16));
+    default: return _mm512_maskz_loadu_ps(mask, (const float*)w + i);
+  }
+}
+
+// Dense rows, four at a time; the K tail is a masked load, so no scalar epilogue.
+template <Format F>
+void dense_rows(const MatmulArgs& a, int64_t n0, int64_t n1) {
+  const int64_t rb = row_bytes(F, a.k);
+  for (int64_t n = n0; n < n1; n += 4) {
+    const int nr = (int)(n1 - n < 4 ? n1 - n : 4);
+    const uint8_t* w = a.w + n * rb;
+    for (int64_t m = 0; m < a.m; ++m) {
+      const float* x = a.x + m * a.k;
+      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int64_t i = 0; i < a.k; i += 16) {
+        const __mmask16 mask = a.k - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (a.k - i)) - 1u);
+        const __m512 xv = _mm512_maskz_loadu_ps(mask, x + i);
+        for (int r = 0; r < nr; ++r) acc[r] = _mm512_fmadd_ps(load16(F, w + r * rb, i, mask), xv, acc[r]);
+      }
+      for (int r = 0; r < nr; ++r) a.y[m * a.n + n + r] = _mm512_reduce_add_ps(acc[r]);
+    }
+  }
+}
+
+void matmul_avx512(const MatmulArgs& a, int64_t begin, int64_t end) {
+  switch (a.fmt) {
+    case Format::F32: dense_rows<Format::F32>(a, begin, end); return;
+    case Format::F16: dense_rows<Format::F16>(a, begin, end); return;
+    case Format::BF16: dense_rows<Format::BF16>(a, begin, end); return;
+    default: break;
+  }
+  if (!a.panels) { matmul_ref(a, begin, end); return; }
+  const PanelLayout L = panel_layout(a.fmt, a.k);
+  const int64_t nb = a.k / QK;
+  constexpr int MT = 4;  // 4 activation rows share each unpacked weight vector
+  for (int64_t p = begin; p < end; ++p) {
+    const uint8_t* panel = a.w + p * L.panel_bytes;
+    const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+    float* y0 = a.y + p * kPanelRows;
+    int64_t m = 0;
+    for (; m + MT <= a.m; m += MT) {
+      const block_q8_act* xs[MT] = {a.xq + m * nb, a.xq + (m + 1) * nb, a.xq + (m + 2) * nb, a.xq + (m + 3) * nb};
+      float* ys[MT] = {y0 + m * a.n, y0 + (m + 1) * a.n, y0 + (m + 2) * a.n, y0 + (m + 3) * a.n};
+      panel_tile<MT>(a.fmt, panel, L, nb, xs, ys, rows);
+    }
+    for (; m < a.m; ++m) {
+      const block_q8_act* xs[1] = {a.xq + m * nb};
+      float* ys[1] = {y0 + m * a.n};
+      panel_tile<1>(a.fmt, panel, L, nb, xs, ys, rows);
+    }
+  }
+}
+
+uint64_t read_checksum_avx512(const uint8_t* p, int64_t bytes) {
+  __m512i s[4];
+  for (int i = 0; i < 4; ++i) s[i] = _mm512_setzero_si512();
+  for (int64_t o = 0; o < bytes; o += 256) {
+    for (int i = 0; i < 4; ++i) s[i] = _mm512_add_epi64(s[i], _mm512_load_si512((const void*)(p + o + 64 * i)));
+  }
+  const __m512i t = _mm512_xor_si512(_mm512_xor_si512(s[0], s[1]), _mm512_xor_si512(s[2], s[3]));
+  return (uint64_t)_mm512_reduce_add_epi64(t);
+}
+
+}  // namespace
+
+const KernelTable& kernels_avx512() {
+  static const KernelTable t{Isa::Avx512, "avx512", true, quantize_act_avx512, matmul_avx512, read_checksum_avx512};
+  return t;
+}
+
+}  // namespace linly

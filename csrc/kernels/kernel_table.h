@@ -1,0 +1,40 @@
+// One row of the dispatch table per ISA. Adding an ISA is adding a file and a row.
+#pragma once
+#include <cstdint>
+
+#include "quant/formats.h"
+
+namespace linly {
+
+enum class Isa : int { Scalar = 0, Avx2, Avx512 };
+
+// y[m, n] = Σ_k x[m, k] · W[n, k]  for the rows (or panels) in [begin, end).
+struct MatmulArgs {
+  Format fmt;
+  const uint8_t* w;         // [n, row_bytes] on-disk rows, or panels (panel.h) when `panels`
+  bool panels;
+  int64_t n, k, m;
+  const float* x;           // [m, k] f32 (dense formats)
+  const block_q8_act* xq;   // [m, k/32]  (integer formats)
+  float* y;                 // [m, n]
+};
+
+struct KernelTable {
+  Isa isa;
+  const char* name;
+  bool uses_panels;  // integer formats are repacked into 16-row panels for this ISA
+  void (*quantize_act)(const float* x, block_q8_act* y, int64_t k);
+  // [begin, end) counts panels when args.panels, rows otherwise.
+  void (*matmul)(const MatmulArgs& args, int64_t begin, int64_t end);
+  // Reads `bytes` (multiple of 256, 64-byte aligned) with several independent
+  // accumulators; returns a value that depends on every byte so nothing is elided.
+  uint64_t (*read_checksum)(const uint8_t* p, int64_t bytes);
+};
+
+const KernelTable& kernels_scalar();
+#if defined(LINLY_X86)
+const KernelTable& kernels_avx2();
+const KernelTable& kernels_avx512();
+#endif
+
+}  // namespace linly

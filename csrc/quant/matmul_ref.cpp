@@ -1,0 +1,108 @@
+#include "quant/matmul_ref.h"
+
+#include "quant/fp16.h"
+#include "quant/quantize.h"
+
+namespace linly {
+
+namespace {
+
+// Σ over one 32-block of (4-bit code) × (int8 activation); nibble order as on disk.
+inline int32_t dot_q4_block(const uint8_t* qs, const int8_t* xq) {
+  int32_t s = 0;
+  for (int j = 0; j < QK / 2; ++j) s += (qs[j] & 0x0f) * xq[j] + (qs[j] >> 4) * xq[j + QK / 2];
+  return s;
+}
+
+inline int32_t dot_q8_block(const int8_t* qs, const int8_t* xq) {
+  int32_t s = 0;
+  for (int j = 0; j < QK; ++j) s += qs[j] * xq[j];
+  return s;
+}
+
+double dot_row(Format f, const uint8_t* w, const block_q8_act* xq, const float* x, int64_t k) {
+  double acc = 0.0;
+  const int64_t nb = k / QK;
+  switch (f) {
+    case Format::F32:
+      for (int64_t i = 0; i < k; ++i) acc += (double)((const float*)w)[i] * x[i];
+      break;
+    case Format::F16:
+      for (int64_t i = 0; i < k; ++i) acc += (double)fp16_to_fp32(((const uint16_t*)w)[i]) * x[i];
+      break;
+    case Format::BF16:
+      for (int64_t i = 0; i < k; ++i) acc += (double)bf16_to_fp32(((const uint16_t*)w)[i]) * x[i];
+      break;
+    case Format::Q4_0: {
+      const block_q4_0* b = (const block_q4_0*)w;
+      for (int64_t i = 0; i < nb; ++i) {
+        const int32_t isum = dot_q4_block(b[i].qs, xq[i].qs) - 8 * xq[i].s;  // codes are q-8
+        acc += (double)(fp16_to_fp32(b[i].d) * xq[i].d) * (double)isum;
+      }
+      break;
+    }
+    case Format::Q4_1: {
+      const block_q4_1* b = (const block_q4_1*)w;
+      for (int64_t i = 0; i < nb; ++i) {
+        const int32_t isum = dot_q4_block(b[i].qs, xq[i].qs);
+        acc += (double)(fp16_to_fp32(b[i].d) * xq[i].d) * (double)isum +
+               (double)(fp16_to_fp32(b[i].m) * xq[i].d) * (double)xq[i].s;
+      }
+      break;
+    }
+    case Format::Q8_0: {
+      const block_q8_0* b = (const block_q8_0*)w;
+      for (int64_t i = 0; i < nb; ++i) {
+        acc += (double)(fp16_to_fp32(b[i].d) * xq[i].d) * (double)dot_q8_block(b[i].qs, xq[i].qs);
+      }
+      break;
+    }
+    case Format::Q4_G32: case Format::Q4_G64: case Format::Q4_G128: {
+      const int G = q4_group_size(f);
+      const int bytes = format_info(f).block_bytes;
+      for (int64_t g = 0; g < k / G; ++g) {
+        const uint8_t* blk = w + g * bytes;
+        const float d = fp16_to_fp32(*(const uint16_t*)blk);
+        const int z = blk[2];
+        for (int c = 0; c < G / QK; ++c) {
+          const block_q8_act& a = xq[g * (G / QK) + c];
+          const int32_t isum = dot_q4_block(blk + 4 + c * QK / 2, a.qs) - z * a.s;
+          acc += (double)(d * a.d) * (double)isum;
+        }
+      }
+      break;
+    }
+    case Format::kCount: break;
+  }
+  return acc;
+}
+
+void matmul_scalar(const MatmulArgs& a, int64_t n0, int64_t n1) { matmul_ref(a, n0, n1); }
+
+uint64_t read_checksum_scalar(const uint8_t* p, int64_t bytes) {
+  const uint64_t* q = (const uint64_t*)p;
+  uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (int64_t i = 0; i < bytes / 8; i += 4) { s0 += q[i]; s1 += q[i + 1]; s2 += q[i + 2]; s3 += q[i + 3]; }
+  return s0 ^ s1 ^ s2 ^ s3;
+}
+
+}  // namespace
+
+void matmul_ref(const MatmulArgs& a, int64_t n0, int64_t n1) {
+  const int64_t rb = row_bytes(a.fmt, a.k);
+  const int64_t nb = a.k / QK;
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t m = 0; m < a.m; ++m) {
+      a.y[m * a.n + n] = (float)dot_row(a.fmt, a.w + n * rb, a.xq ? a.xq + m * nb : nullptr,
+                                        a.x ? a.x + m * a.k : nullptr, a.k);
+    }
+  }
+}
+
+const KernelTable& kernels_scalar() {
+  static const KernelTable t{Isa::Scalar, "scalar", false, quantize_row_act_ref, matmul_scalar,
+                             read_checksum_scalar};
+  return t;
+}
+
+}  // namespace linly

@@ -1,0 +1,92 @@
+#include "quant/panel.h"
+
+#include <cstring>
+
+namespace linly {
+
+namespace {
+struct PlainBlock {  // where a format's pieces sit inside one on-disk block
+  int d, m, z;       // byte offsets, -1 if absent
+  int qs;
+  int qs_bytes_per_32;  // 16 for 4-bit, 32 for q8_0
+};
+
+PlainBlock plain_block(Format f) {
+  switch (f) {
+    case Format::Q4_0: return {0, -1, -1, 2, 16};
+    case Format::Q4_1: return {0, 2, -1, 4, 16};
+    case Format::Q8_0: return {0, -1, -1, 2, 32};
+    case Format::Q4_G32: case Format::Q4_G64: case Format::Q4_G128: return {0, -1, 2, 4, 16};
+    default: return {-1, -1, -1, -1, 0};
+  }
+}
+
+// Visits every (row, 32-block, byte) of a panel, pairing the panel offset with the
+// on-disk offset; `Copy` decides the direction.
+template <class Copy>
+void walk_panel(Format f, int64_t k, int64_t rows, Copy copy) {
+  const FormatInfo& fi = format_info(f);
+  const PlainBlock pb = plain_block(f);
+  const PanelLayout L = panel_layout(f, k);
+  const int64_t nb = k / QK;
+  const int sub = fi.block_elems / QK;  // 32-blocks per on-disk block (G/32 for q4_g)
+  const int qpb = pb.qs_bytes_per_32;
+  const int64_t rb = row_bytes(f, k);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t blk = b / sub, c = b % sub;
+      const int64_t src_blk = r * rb + blk * fi.block_bytes;
+      for (int j = 0; j < qpb; j += 4) {  // 4-byte words: one 32-bit lane of vector j/4
+        copy(b * qpb * kPanelRows + (j / 4) * 64 + r * 4, src_blk + pb.qs + c * qpb + j, 4);
+      }
+      if (c == 0) {
+        const int64_t g = blk;  // scale index: per 32-block, or per group for q4_g
+        copy(L.d_offset + (g * kPanelRows + r) * 2, src_blk + pb.d, 2);
+        if (pb.m >= 0) copy(L.m_offset + (g * kPanelRows + r) * 2, src_blk + pb.m, 2);
+        if (pb.z >= 0) copy(L.z_offset + g * kPanelRows + r, src_blk + pb.z, 1);
+      }
+    }
+  }
+}
+}  // namespace
+
+bool format_has_panels(Format f) { return plain_block(f).qs >= 0; }
+
+PanelLayout panel_layout(Format f, int64_t k) {
+  const FormatInfo& fi = format_info(f);
+  const int64_t nb = k / QK, ng = k / fi.block_elems;
+  PanelLayout L{0, 0, -1, -1, 0};
+  L.qs_bytes = nb * plain_block(f).qs_bytes_per_32 * kPanelRows;
+  L.d_offset = L.qs_bytes;
+  int64_t end = L.d_offset + ng * kPanelRows * 2;
+  if (f == Format::Q4_1) { L.m_offset = end; end += ng * kPanelRows * 2; }
+  if (q4_group_size(f)) { L.z_offset = end; end += ng * kPanelRows; }
+  L.panel_bytes = (end + 63) / 64 * 64;
+  return L;
+}
+
+void repack_to_panels(Format f, const uint8_t* plain, int64_t n, int64_t k, uint8_t* out) {
+  const PanelLayout L = panel_layout(f, k);
+  const int64_t rb = row_bytes(f, k);
+  for (int64_t p = 0; p < panel_count(n); ++p) {
+    uint8_t* dst = out + p * L.panel_bytes;
+    std::memset(dst, 0, (size_t)L.panel_bytes);
+    const int64_t rows = n - p * kPanelRows < kPanelRows ? n - p * kPanelRows : kPanelRows;
+    const uint8_t* src = plain + p * kPanelRows * rb;
+    walk_panel(f, k, rows, [&](int64_t po, int64_t so, int len) { std::memcpy(dst + po, src + so, len); });
+  }
+}
+
+void unpack_from_panels(Format f, const uint8_t* panels, int64_t n, int64_t k, uint8_t* plain) {
+  const PanelLayout L = panel_layout(f, k);
+  const int64_t rb = row_bytes(f, k);
+  std::memset(plain, 0, (size_t)(n * rb));  // q4_g's reserved byte
+  for (int64_t p = 0; p < panel_count(n); ++p) {
+    const uint8_t* src = panels + p * L.panel_bytes;
+    const int64_t rows = n - p * kPanelRows < kPanelRows ? n - p * kPanelRows : kPanelRows;
+    uint8_t* dst = plain + p * kPanelRows * rb;
+    walk_panel(f, k, rows, [&](int64_t po, int64_t so, int len) { std::memcpy(dst + so, src + po, len); });
+  }
+}
+
+}  // namespace linly

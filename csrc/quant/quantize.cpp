@@ -1,0 +1,178 @@
+#include "quant/quantize.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "quant/fp16.h"
+
+namespace linly {
+
+namespace {
+
+// GGUF's reference rounding for Q4_0: d = max/-8 with the signed extreme, so the
+// extreme lands exactly on code 0 and the symmetric code spends all 16 levels.
+void quantize_q4_0(const float* x, block_q4_0* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; ++b, x += QK) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < QK; ++j) {
+      if (std::fabs(x[j]) > amax) { amax = std::fabs(x[j]); max = x[j]; }
+    }
+    const float d = max / -8.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    for (int j = 0; j < QK / 2; ++j) {
+      const int q0 = std::min(15, (int)(int8_t)(x[j] * id + 8.5f));
+      const int q1 = std::min(15, (int)(int8_t)(x[j + QK / 2] * id + 8.5f));
+      y[b].qs[j] = (uint8_t)(q0 | (q1 << 4));
+    }
+  }
+}
+
+void quantize_q4_1(const float* x, block_q4_1* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; ++b, x += QK) {
+    float mn = x[0], mx = x[0];
+    for (int j = 1; j < QK; ++j) { mn = std::min(mn, x[j]); mx = std::max(mx, x[j]); }
+    const float d = (mx - mn) / 15.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    y[b].m = fp32_to_fp16(mn);
+    for (int j = 0; j < QK / 2; ++j) {
+      const int q0 = std::min(15, (int)(int8_t)((x[j] - mn) * id + 0.5f));
+      const int q1 = std::min(15, (int)(int8_t)((x[j + QK / 2] - mn) * id + 0.5f));
+      y[b].qs[j] = (uint8_t)(q0 | (q1 << 4));
+    }
+  }
+}
+
+void quantize_q8_0(const float* x, block_q8_0* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; ++b, x += QK) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    for (int j = 0; j < QK; ++j) y[b].qs[j] = (int8_t)std::round(x[j] * id);
+  }
+}
+
+// Range widened to include 0 (as GPTQ does) so that zero is exactly representable and a
+// constant block is exact. Codes are computed against the stored (f16) scale so that
+// the stored scale is the one the rounding bound holds for.
+template <int G>
+void quantize_q4_g(const float* x, block_q4_g<G>* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; ++b, x += G) {
+    float mn = 0.0f, mx = 0.0f;
+    for (int j = 0; j < G; ++j) { mn = std::min(mn, x[j]); mx = std::max(mx, x[j]); }
+    const uint16_t d16 = fp32_to_fp16((mx - mn) / 15.0f);
+    const float d = fp16_to_fp32(d16);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const int z = d != 0.0f ? std::clamp((int)std::nearbyint(-mn * id), 0, 15) : 0;
+    y[b].d = d16;
+    y[b].z = (uint8_t)z;
+    y[b].reserved = 0;
+    for (int c = 0; c < G / QK; ++c) {
+      const float* xc = x + c * QK;
+      for (int j = 0; j < QK / 2; ++j) {
+        const int q0 = std::clamp((int)std::nearbyint(xc[j] * id) + z, 0, 15);
+        const int q1 = std::clamp((int)std::nearbyint(xc[j + QK / 2] * id) + z, 0, 15);
+        y[b].qs[c * QK / 2 + j] = (uint8_t)(q0 | (q1 << 4));
+      }
+    }
+  }
+}
+
+template <int G>
+void dequantize_q4_g(const block_q4_g<G>* x, float* y, int64_t nb) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_fp32(x[b].d);
+    const int z = x[b].z;
+    for (int c = 0; c < G / QK; ++c) {
+      for (int j = 0; j < QK / 2; ++j) {
+        const uint8_t v = x[b].qs[c * QK / 2 + j];
+        y[c * QK + j] = d * (float)((v & 0x0f) - z);
+        y[c * QK + j + QK / 2] = d * (float)((v >> 4) - z);
+      }
+    }
+    y += G;
+  }
+}
+
+}  // namespace
+
+void quantize_row(Format f, const float* x, void* y, int64_t k) {
+  const int64_t nb = k / format_info(f).block_elems;
+  switch (f) {
+    case Format::F32: std::copy(x, x + k, (float*)y); break;
+    case Format::F16: for (int64_t i = 0; i < k; ++i) ((uint16_t*)y)[i] = fp32_to_fp16(x[i]); break;
+    case Format::BF16: for (int64_t i = 0; i < k; ++i) ((uint16_t*)y)[i] = fp32_to_bf16(x[i]); break;
+    case Format::Q4_0: quantize_q4_0(x, (block_q4_0*)y, nb); break;
+    case Format::Q4_1: quantize_q4_1(x, (block_q4_1*)y, nb); break;
+    case Format::Q8_0: quantize_q8_0(x, (block_q8_0*)y, nb); break;
+    case Format::Q4_G32: quantize_q4_g<32>(x, (block_q4_g<32>*)y, nb); break;
+    case Format::Q4_G64: quantize_q4_g<64>(x, (block_q4_g<64>*)y, nb); break;
+    case Format::Q4_G128: quantize_q4_g<128>(x, (block_q4_g<128>*)y, nb); break;
+    case Format::kCount: break;
+  }
+}
+
+void dequantize_row(Format f, const void* x, float* y, int64_t k) {
+  const int64_t nb = k / format_info(f).block_elems;
+  switch (f) {
+    case Format::F32: std::copy((const float*)x, (const float*)x + k, y); break;
+    case Format::F16: for (int64_t i = 0; i < k; ++i) y[i] = fp16_to_fp32(((const uint16_t*)x)[i]); break;
+    case Format::BF16: for (int64_t i = 0; i < k; ++i) y[i] = bf16_to_fp32(((const uint16_t*)x)[i]); break;
+    case Format::Q4_0: {
+      const block_q4_0* b = (const block_q4_0*)x;
+      for (int64_t i = 0; i < nb; ++i, y += QK) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < QK / 2; ++j) {
+          y[j] = d * (float)((b[i].qs[j] & 0x0f) - 8);
+          y[j + QK / 2] = d * (float)((b[i].qs[j] >> 4) - 8);
+        }
+      }
+      break;
+    }
+    case Format::Q4_1: {
+      const block_q4_1* b = (const block_q4_1*)x;
+      for (int64_t i = 0; i < nb; ++i, y += QK) {
+        const float d = fp16_to_fp32(b[i].d), m = fp16_to_fp32(b[i].m);
+        for (int j = 0; j < QK / 2; ++j) {
+          y[j] = d * (float)(b[i].qs[j] & 0x0f) + m;
+          y[j + QK / 2] = d * (float)(b[i].qs[j] >> 4) + m;
+        }
+      }
+      break;
+    }
+    case Format::Q8_0: {
+      const block_q8_0* b = (const block_q8_0*)x;
+      for (int64_t i = 0; i < nb; ++i, y += QK) {
+        const float d = fp16_to_fp32(b[i].d);
+        for (int j = 0; j < QK; ++j) y[j] = d * (float)b[i].qs[j];
+      }
+      break;
+    }
+    case Format::Q4_G32: dequantize_q4_g<32>((const block_q4_g<32>*)x, y, nb); break;
+    case Format::Q4_G64: dequantize_q4_g<64>((const block_q4_g<64>*)x, y, nb); break;
+    case Format::Q4_G128: dequantize_q4_g<128>((const block_q4_g<128>*)x, y, nb); break;
+    case Format::kCount: break;
+  }
+}
+
+void quantize_row_act_ref(const float* x, block_q8_act* y, int64_t k) {
+  for (int64_t b = 0; b < k / QK; ++b, x += QK) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int32_t s = 0;
+    for (int j = 0; j < QK; ++j) {
+      const int q = (int)std::nearbyint(x[j] * id);
+      y[b].qs[j] = (int8_t)q;
+      s += q;
+    }
+    y[b].d = d;
+    y[b].s = s;
+  }
+}
+
+}  // namespace linly

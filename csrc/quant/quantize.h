@@ -1,0 +1,20 @@
+// Making packed weights: f32 rows -> each format, and back. Scalar and exact; these
+// run once at conversion time, so clarity beats speed here (the caller threads them).
+#pragma once
+#include <cstdint>
+
+#include "quant/formats.h"
+
+namespace linly {
+
+// x: [k] f32 -> y: row_bytes(f, k) bytes in the on-disk layout. k % block_elems == 0.
+void quantize_row(Format f, const float* x, void* y, int64_t k);
+// x: row_bytes(f, k) bytes -> y: [k] f32.
+void dequantize_row(Format f, const void* x, float* y, int64_t k);
+
+// Activations for the integer kernels: per block of 32, d = amax/127, q = rint(x/d)
+// (round-to-nearest-even, as cvtps2dq does), s = Σq. Every ISA's version must produce
+// exactly these bytes; tests check that.
+void quantize_row_act_ref(const float* x, block_q8_act* y, int64_t k);
+
+}  // namespace linly

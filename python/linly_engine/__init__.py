@@ -1,0 +1,37 @@
+"""linly-engine: fast inference for LLaMA-family models, Chinese ones first.
+
+The native core (``linly_engine._C``) holds the quantised CPU kernels; this package
+re-exports the parts meant for users.
+"""
+
+from __future__ import annotations
+
+from linly_engine._C import (  # noqa: F401  (re-exported API)
+    PackedMatrix,
+    available_isas,
+    cpu_info,
+    dequantize,
+    format_info,
+    formats,
+    get_num_threads,
+    measure_read_bandwidth,
+    quantize,
+    row_bytes,
+    set_num_threads,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PackedMatrix",
+    "available_isas",
+    "cpu_info",
+    "dequantize",
+    "format_info",
+    "formats",
+    "get_num_threads",
+    "measure_read_bandwidth",
+    "quantize",
+    "row_bytes",
+    "set_num_threads",
+]
