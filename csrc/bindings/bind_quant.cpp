@@ -22,7 +22,7 @@ py::array_t<uint8_t> quantize_np(const py::array& w, const std::string& fmt_name
   uint8_t* dst = out.mutable_data();
   {
     py::gil_scoped_release nogil;
-    global_pool().parallel_for(n, [&](int64_t b, int64_t e) {
+    global_pool()->parallel_for(n, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) quantize_row(fmt, src + r * k, dst + r * rb, k);
     });
   }
@@ -38,7 +38,7 @@ py::array_t<float> dequantize_np(const py::array& data, const std::string& fmt_n
   float* dst = out.mutable_data();
   {
     py::gil_scoped_release nogil;
-    global_pool().parallel_for(n, [&](int64_t b, int64_t e) {
+    global_pool()->parallel_for(n, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) dequantize_row(fmt, src + r * rb, dst + r * k, k);
     });
   }

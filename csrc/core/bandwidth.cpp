@@ -22,7 +22,7 @@ double measure_read_bandwidth(const KernelTable& kt, int64_t bytes, int repeats)
   double best = 0.0;
   for (int r = 0; r < repeats; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
-    global_pool().parallel_for(chunks, [&](int64_t b, int64_t e) {
+    global_pool()->parallel_for(chunks, [&](int64_t b, int64_t e) {
       sink.fetch_xor(kt.read_checksum(buf.data() + b * kChunk, (e - b) * kChunk), std::memory_order_relaxed);
     });
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -13,7 +13,7 @@ PackedMatrix::PackedMatrix(Format fmt, int64_t n, int64_t k, const uint8_t* plai
     panels_ = AlignedBuffer(panel_count(n) * panel_layout(fmt, k).panel_bytes);
     const int64_t pb = panel_layout(fmt, k).panel_bytes, rb = row_bytes(fmt, k);
     uint8_t* out = panels_.data();
-    global_pool().parallel_for(panel_count(n), [&](int64_t p0, int64_t p1) {
+    global_pool()->parallel_for(panel_count(n), [&](int64_t p0, int64_t p1) {
       const int64_t r0 = p0 * kPanelRows, r1 = p1 * kPanelRows < n ? p1 * kPanelRows : n;
       repack_to_panels(fmt, plain + r0 * rb, r1 - r0, k, out + p0 * pb);
     });
@@ -28,7 +28,7 @@ void quantize_activations(const KernelTable& kt, const float* x, int64_t m, int6
     for (int64_t i = 0; i < m; ++i) kt.quantize_act(x + i * k, out + i * nb, k);
     return;
   }
-  global_pool().parallel_for(m, [&](int64_t b, int64_t e) {
+  global_pool()->parallel_for(m, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) kt.quantize_act(x + i * k, out + i * nb, k);
   });
 }
@@ -47,7 +47,7 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y) const {
   }
   const int64_t units = repacked() ? panel_count(n_) : n_;
   const KernelTable* kt = kernels_;
-  global_pool().parallel_for(units, [&](int64_t b, int64_t e) { kt->matmul(a, b, e); });
+  global_pool()->parallel_for(units, [&](int64_t b, int64_t e) { kt->matmul(a, b, e); });
 }
 
 }  // namespace linly

@@ -39,6 +39,7 @@ void ThreadPool::run(int64_t n, Fn fn, void* ctx) {
   if (n <= 0) return;
   const int chunks = (int)(n < n_threads_ ? n : n_threads_);
   if (chunks == 1) { fn(ctx, 0, n); return; }
+  std::lock_guard<std::mutex> job(run_mu_);
   fn_ = fn; ctx_ = ctx; n_ = n; n_chunks_ = chunks;
   pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_seq_cst);
@@ -84,17 +85,24 @@ int default_threads() {
   const unsigned hw = std::thread::hardware_concurrency();
   return hw ? (int)hw : 1;
 }
-std::unique_ptr<ThreadPool>& pool_slot() {
-  static std::unique_ptr<ThreadPool> p(new ThreadPool(default_threads()));
+std::mutex g_pool_mu;
+std::shared_ptr<ThreadPool>& pool_slot() {
+  static std::shared_ptr<ThreadPool> p = std::make_shared<ThreadPool>(default_threads());
   return p;
 }
 }  // namespace
 
-ThreadPool& global_pool() { return *pool_slot(); }
-void set_global_threads(int n) {
-  auto& p = pool_slot();
-  if (p->size() != n) p.reset(new ThreadPool(n));
+std::shared_ptr<ThreadPool> global_pool() {
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  return pool_slot();
 }
-int global_threads() { return global_pool().size(); }
+void set_global_threads(int n) {
+  std::shared_ptr<ThreadPool> old;  // destroyed (workers joined) outside the lock
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  if (pool_slot()->size() == n) return;
+  old = std::move(pool_slot());
+  pool_slot() = std::make_shared<ThreadPool>(n);
+}
+int global_threads() { return global_pool()->size(); }
 
 }  // namespace linly

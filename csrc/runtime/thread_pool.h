@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -22,7 +23,8 @@ class ThreadPool {
   int size() const { return n_threads_; }
 
   // Calls f(begin, end) on contiguous, disjoint chunks covering [0, n), at most one per
-  // thread; returns when all are done. Not re-entrant, one caller at a time.
+  // thread; returns when all are done. Callers from several threads are served one after
+  // the other (f must not itself call parallel_for).
   template <class F>
   void parallel_for(int64_t n, F&& f) {
     run(n, [](void* ctx, int64_t b, int64_t e) { (*static_cast<F*>(ctx))(b, e); }, &f);
@@ -46,10 +48,14 @@ class ThreadPool {
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::condition_variable cv_;
+  std::mutex run_mu_;  // one job at a time
 };
 
-ThreadPool& global_pool();
-void set_global_threads(int n);  // n >= 1; rebuilds the pool
+// The process-wide pool. Callers hold the shared_ptr while they use it, so that
+// set_global_threads() from another thread can swap in a new pool without pulling the
+// old one out from under a running matmul.
+std::shared_ptr<ThreadPool> global_pool();
+void set_global_threads(int n);  // n >= 1
 int global_threads();
 
 }  // namespace linly

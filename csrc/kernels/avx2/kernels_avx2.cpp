@@ -63,6 +63,14 @@ inline void store_rows(float* y, __m256 v, int rows) {  // rows: how many of the
   for (int r = 0; r < rows; ++r) y[r] = t[r];
 }
 
+// One core's hardware prefetcher alone does not keep enough lines in flight to reach
+// the memory bandwidth while the ALUs unpack nibbles; asking for the lines a few blocks
+// ahead does. Reading past the panel's end only touches the next panel (or is dropped).
+constexpr int kPrefetchBytes = 1024;  // tuned on Zen 3: 512 loses ~20 %, 2048 no better
+inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
+  for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), _MM_HINT_T0);
+}
+
 // One 16-row panel of a 4-bit format against MT activation rows. The hot loop of
 // decode: every weight byte of the model passes through here once per token.
 // Each half (8 rows) is one ymm of 8 int32 lanes, one lane per weight row.
@@ -74,27 +82,35 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[2][MT];
+#pragma GCC unroll 2
   for (int h = 0; h < 2; ++h)
+#pragma GCC unroll 4
     for (int m = 0; m < MT; ++m) acc[h][m] = _mm256_setzero_ps();
 
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* q = panel + b * 256;
     const int64_t g = b / SUB;
+    prefetch_ahead(q, 256);
+#pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       __m256i p[MT];
+#pragma GCC unroll 4
+      for (int m = 0; m < MT; ++m) p[m] = _mm256_setzero_si256();
+#pragma GCC unroll 4
       for (int v = 0; v < 4; ++v) {
         const __m256i raw = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
         const __m256i lo = _mm256_and_si256(raw, low4);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+#pragma GCC unroll 4
         for (int m = 0; m < MT; ++m) {
           const int32_t* xw = (const int32_t*)xs[m][b].qs;
           // u8 code × s8 activation: |pair sum| ≤ 2·15·127, eight of them fit in int16.
-          const __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(xw[v])),
-                                             _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xw[4 + v])));
-          p[m] = v == 0 ? t : _mm256_add_epi16(p[m], t);
+          p[m] = _mm256_add_epi16(p[m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xw[v])));
+          p[m] = _mm256_add_epi16(p[m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xw[4 + v])));
         }
       }
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.d_offset + g * 32 + h * 16)));
+#pragma GCC unroll 4
       for (int m = 0; m < MT; ++m) {
         const block_q8_act& a = xs[m][b];
         __m256i isum = _mm256_madd_epi16(p[m], ones);
@@ -111,6 +127,7 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
       }
     }
   }
+#pragma GCC unroll 4
   for (int m = 0; m < MT; ++m) {
     store_rows(ys[m], acc[0][m], rows);
     if (rows > 8) store_rows(ys[m] + 8, acc[1][m], rows - 8);
@@ -126,12 +143,17 @@ void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
     for (int m = 0; m < MT; ++m) acc[h][m] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* q = panel + b * 512;
+    prefetch_ahead(q, 512);
+#pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       __m256i isum[MT];
+#pragma GCC unroll 4
       for (int m = 0; m < MT; ++m) isum[m] = _mm256_setzero_si256();
+#pragma GCC unroll 8
       for (int v = 0; v < 8; ++v) {
         const __m256i w = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
         const __m256i aw = _mm256_abs_epi8(w);
+#pragma GCC unroll 4
         for (int m = 0; m < MT; ++m) {
           // Sign trick: |w| · (x·sign w) = w·x with an unsigned first operand for maddubs.
           const __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(((const int32_t*)xs[m][b].qs)[v]), w);
@@ -139,6 +161,7 @@ void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
         }
       }
       const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.d_offset + b * 32 + h * 16)));
+#pragma GCC unroll 4
       for (int m = 0; m < MT; ++m) {
         acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xs[m][b].d)), _mm256_cvtepi32_ps(isum[m]),
                                     acc[h][m]);

@@ -1,0 +1,173 @@
+"""Every SIMD kernel against its scalar twin, on every ISA this CPU has.
+
+Tolerances: the integer block dot products must be exact, so one family of tests uses
+data whose scales are exactly 1 (every float operation is then exact too) and demands
+bit-equal results. Random Gaussian data is compared with rtol 1e-5 plus an absolute
+1e-5 · max|y_ref| (summation order differs between kernels, and a value that cancels
+to near zero can't keep a relative error).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import linly_engine as le
+from linly_engine import _C
+
+ISAS = le.available_isas()
+QUANT = ["q4_0", "q4_1", "q8_0", "q4_g32", "q4_g64", "q4_g128"]
+DENSE = ["f32", "f16", "bf16"]
+M_VALUES = (1, 3, 17, 128)
+
+
+def k_values(fmt: str) -> tuple[int, ...]:
+    if fmt in DENSE:
+        return (1, 33, 4097)
+    block = le.format_info(fmt)["block_elems"]
+    # the smallest K, an odd number of blocks, and several thousand (odd block count)
+    return (block, 3 * block, (4160 // block + (4160 // block + 1) % 2) * block)
+
+
+CASES = [(fmt, n, k) for fmt in QUANT + DENSE for (n, k) in zip((5, 37, 129), k_values(fmt))]
+
+
+@functools.lru_cache(maxsize=None)
+def gaussian_case(fmt: str, n: int, k: int):
+    rng = np.random.default_rng(hash((fmt, n, k)) % 2**32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    data = le.quantize(w, fmt)
+    xs = {m: (rng.standard_normal((m, k)) * 2).astype(np.float32) for m in M_VALUES}
+    refs = {m: _C.matmul_ref(x, data, fmt, k) for m, x in xs.items()}
+    return data, xs, refs
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt,n,k", CASES)
+def test_matmul_matches_scalar_reference(fmt, n, k, isa, nthreads, threads):
+    le.set_num_threads(nthreads)
+    data, xs, refs = gaussian_case(fmt, n, k)
+    mat = le.PackedMatrix(data, fmt, k, isa=isa)
+    assert mat.isa == isa
+    for m in M_VALUES:
+        y = mat.matmul(xs[m])
+        assert y.shape == (m, n) and y.dtype == np.float32
+        ref = refs[m]
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()),
+                                   err_msg=f"{fmt} n={n} k={k} m={m} isa={isa} threads={nthreads}")
+
+
+def exact_weights(fmt: str, n: int, k: int, rng) -> np.ndarray:
+    """Integer weights whose quantisation has scale exactly 1 in every block."""
+    if fmt == "q8_0":
+        w = rng.integers(-127, 128, (n, k)); w[:, ::32] = 127
+    elif fmt == "q4_0":
+        w = rng.integers(-8, 8, (n, k)); w[:, ::32] = -8
+    elif fmt == "q4_1":
+        w = rng.integers(-5, 11, (n, k)); w[:, ::32] = -5; w[:, 1::32] = 10
+    elif fmt.startswith("q4_g"):
+        g = le.format_info(fmt)["block_elems"]
+        w = rng.integers(-5, 11, (n, k)); w[:, ::g] = -5; w[:, 1::g] = 10
+    else:
+        w = rng.integers(-8, 8, (n, k))
+    return w.astype(np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", QUANT + DENSE)
+def test_integer_accumulation_is_exact(fmt, isa, rng, threads):
+    n, k, m = 37, 1024 if fmt in QUANT else 1000, 17
+    w = exact_weights(fmt, n, k, rng)
+    data = le.quantize(w, fmt)
+    np.testing.assert_array_equal(le.dequantize(data, fmt, k), w)  # the scales really are 1
+    x = rng.integers(-127, 128, (m, k)).astype(np.float32)
+    x[:, ::32] = 127  # activation scale exactly 1 as well
+    expected = (x.astype(np.int64) @ w.astype(np.int64).T).astype(np.float32)  # |y| < 2^24: exact
+    np.testing.assert_array_equal(_C.matmul_ref(x, data, fmt, k), expected)
+    for nthreads in (1, 2):
+        le.set_num_threads(nthreads)
+        np.testing.assert_array_equal(le.PackedMatrix(data, fmt, k, isa=isa).matmul(x), expected)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_activation_quantisation_is_bit_identical(isa, rng):
+    x = (rng.standard_normal((19, 4160)) * rng.uniform(0.01, 100, (19, 1))).astype(np.float32)
+    x[3, :64] = 0.0  # an all-zero block: scale 0, codes 0
+    x[4, 5] = 1e-30  # a denormal-sized value next to normal ones
+    ref = _C.quantize_activations(x, "scalar")
+    np.testing.assert_array_equal(_C.quantize_activations(x, isa), ref)
+    blocks = ref.reshape(19, -1, 40)
+    d = blocks[:, :, :4].copy().view(np.float32)[..., 0]
+    s = blocks[:, :, 4:8].copy().view(np.int32)[..., 0]
+    q = blocks[:, :, 8:].view(np.int8).astype(np.int32)
+    np.testing.assert_array_equal(s, q.sum(-1))
+    amax = np.abs(x.reshape(19, -1, 32)).max(-1)
+    np.testing.assert_array_equal(d, amax / np.float32(127))
+    assert np.abs(q).max() <= 127
+
+
+@pytest.mark.parametrize("fmt", QUANT + DENSE)
+def test_reference_means_x_times_w_transposed(fmt, rng):
+    """The scalar reference itself agrees with numpy on the dequantised weights; for the
+    integer formats the gap is the int8 activation rounding (|Δx| ≤ amax/254 per block)."""
+    n, k, m = 33, 512, 4
+    data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
+    wd = le.dequantize(data, fmt, k).astype(np.float64)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y = _C.matmul_ref(x, data, fmt, k)
+    exact = x.astype(np.float64) @ wd.T
+    if fmt in DENSE:
+        np.testing.assert_allclose(y, exact, rtol=1e-6, atol=1e-6 * np.abs(exact).max())
+    else:
+        xb = np.abs(x.reshape(m, -1, 32)).max(-1, keepdims=True) / 254  # per-element bound on |Δx|
+        bound = (np.broadcast_to(xb, (m, k // 32, 32)).reshape(m, k) @ np.abs(wd).T) * 1.001 + 1e-5
+        assert np.all(np.abs(y - exact) <= bound)
+
+
+def test_panel_repack_round_trip(rng):
+    for fmt in QUANT:
+        for n in (1, 15, 16, 17, 45):
+            k = 3 * le.format_info(fmt)["block_elems"]
+            data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
+            panels = _C.repack_panels(data, fmt, k)
+            assert panels.size % 64 == 0
+            np.testing.assert_array_equal(_C.unpack_panels(panels, fmt, n, k), data)
+
+
+def test_one_dimensional_x_is_a_single_row(rng):
+    data = le.quantize(rng.standard_normal((7, 64)).astype(np.float32), "q4_0")
+    mat = le.PackedMatrix(data, "q4_0", 64)
+    x = rng.standard_normal(64).astype(np.float32)
+    y = mat.matmul(x)
+    assert y.shape == (7,)
+    np.testing.assert_array_equal(y, mat.matmul(x[None])[0])
+
+
+def test_many_small_calls_from_two_python_threads(threads, rng):
+    """The pool is hit hundreds of times per token, possibly from several threads."""
+    import threading
+
+    le.set_num_threads(2)
+    data = le.quantize(rng.standard_normal((64, 256)).astype(np.float32), "q4_0")
+    mat = le.PackedMatrix(data, "q4_0", 256)
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    want = mat.matmul(x)
+    bad = []
+
+    def hammer():
+        for _ in range(500):
+            if not np.array_equal(mat.matmul(x), want):
+                bad.append(1)
+
+    ts = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for _ in range(20):  # resizing the pool while others use it must be safe
+        le.set_num_threads(1)
+        le.set_num_threads(2)
+    for t in ts:
+        t.join()
+    assert not bad
