@@ -1,46 +1,36 @@
-#include <memory>
-
-#include "bindings/common.h"
-#include "core/packed_matrix.h"
+#include "bindings/py_packed_matrix.h"
 
 namespace linly::py_bind {
 
-namespace {
-// Keeps the numpy array that owns the on-disk bytes alive as long as the matrix.
-struct PyPackedMatrix {
-  py::array data;
-  std::unique_ptr<PackedMatrix> mat;
+PyPackedMatrix::PyPackedMatrix(py::array d, const std::string& fmt_name, int64_t k, const py::object& isa)
+    : data(std::move(d)) {
+  const Format fmt = parse_format_or_throw(fmt_name);
+  require_packed_rows(data, fmt, k);
+  const KernelTable& kt = kernels_or_default(isa);
+  const auto* plain = static_cast<const uint8_t*>(data.data());
+  const int64_t n = data.shape(0);
+  py::gil_scoped_release nogil;
+  mat = std::make_unique<PackedMatrix>(fmt, n, k, plain, kt);
+}
 
-  PyPackedMatrix(py::array d, const std::string& fmt_name, int64_t k, const py::object& isa) : data(std::move(d)) {
-    const Format fmt = parse_format_or_throw(fmt_name);
-    require_packed_rows(data, fmt, k);
-    const KernelTable& kt = kernels_or_default(isa);
-    const auto* plain = static_cast<const uint8_t*>(data.data());
-    const int64_t n = data.shape(0);
+py::array PyPackedMatrix::matmul(const py::array& x) const {
+  require_f32(x, "x", 1, 2);
+  const int64_t k = mat->k(), n = mat->n();
+  const int64_t xk = x.shape(x.ndim() - 1);
+  if (xk != k)
+    throw py::value_error("x has shape " + shape_str(x) + " but this matrix is [n=" + std::to_string(n) +
+                          ", k=" + std::to_string(k) + "]: x needs shape (m, " + std::to_string(k) + ")");
+  const int64_t m = x.ndim() == 2 ? x.shape(0) : 1;
+  py::array_t<float> y = x.ndim() == 2 ? py::array_t<float>({m, n}) : py::array_t<float>(n);
+  if (m == 0) return std::move(y);
+  const float* xp = static_cast<const float*>(x.data());
+  float* yp = y.mutable_data();
+  {
     py::gil_scoped_release nogil;
-    mat = std::make_unique<PackedMatrix>(fmt, n, k, plain, kt);
+    mat->matmul(xp, m, yp);
   }
-
-  py::array matmul(const py::array& x) const {
-    require_f32(x, "x", 1, 2);
-    const int64_t k = mat->k(), n = mat->n();
-    const int64_t xk = x.shape(x.ndim() - 1);
-    if (xk != k)
-      throw py::value_error("x has shape " + shape_str(x) + " but this matrix is [n=" + std::to_string(n) +
-                            ", k=" + std::to_string(k) + "]: x needs shape (m, " + std::to_string(k) + ")");
-    const int64_t m = x.ndim() == 2 ? x.shape(0) : 1;
-    py::array_t<float> y = x.ndim() == 2 ? py::array_t<float>({m, n}) : py::array_t<float>(n);
-    if (m == 0) return std::move(y);
-    const float* xp = static_cast<const float*>(x.data());
-    float* yp = y.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      mat->matmul(xp, m, yp);
-    }
-    return std::move(y);
-  }
-};
-}  // namespace
+  return std::move(y);
+}
 
 void bind_packed_matrix(py::module_& m) {
   py::class_<PyPackedMatrix>(m, "PackedMatrix",

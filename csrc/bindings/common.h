@@ -26,5 +26,6 @@ const KernelTable& kernels_or_default(const py::object& isa);
 void bind_runtime(py::module_& m);
 void bind_quant(py::module_& m);
 void bind_packed_matrix(py::module_& m);
+void bind_model(py::module_& m);
 
 }  // namespace linly::py_bind

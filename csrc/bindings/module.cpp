@@ -6,4 +6,5 @@ PYBIND11_MODULE(_C, m) {
   linly::py_bind::bind_runtime(m);
   linly::py_bind::bind_quant(m);
   linly::py_bind::bind_packed_matrix(m);
+  linly::py_bind::bind_model(m);
 }

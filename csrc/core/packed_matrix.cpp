@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "quant/panel.h"
+#include "quant/quantize.h"
 #include "runtime/thread_pool.h"
 
 namespace linly {
@@ -18,6 +19,10 @@ PackedMatrix::PackedMatrix(Format fmt, int64_t n, int64_t k, const uint8_t* plai
       repack_to_panels(fmt, plain + r0 * rb, r1 - r0, k, out + p0 * pb);
     });
   }
+}
+
+void PackedMatrix::dequantize_row(int64_t r, float* out) const {
+  linly::dequantize_row(fmt_, plain_ + r * row_bytes(fmt_, k_), out, k_);
 }
 
 int64_t PackedMatrix::weight_bytes() const { return repacked() ? panels_.size() : n_ * row_bytes(fmt_, k_); }

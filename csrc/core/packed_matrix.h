@@ -17,6 +17,8 @@ class PackedMatrix {
 
   // x: [m, k] f32 row-major; y: [m, n] f32 row-major. Threads from the global pool.
   void matmul(const float* x, int64_t m, float* y) const;
+  // Row r of W as f32 [k] (an embedding lookup). r < n is the caller's promise.
+  void dequantize_row(int64_t r, float* out) const;
 
   Format format() const { return fmt_; }
   int64_t n() const { return n_; }

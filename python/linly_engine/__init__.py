@@ -7,6 +7,7 @@ re-exports the parts meant for users.
 from __future__ import annotations
 
 from linly_engine._C import (  # noqa: F401  (re-exported API)
+    LlamaModel,
     PackedMatrix,
     available_isas,
     cpu_info,
@@ -20,9 +21,13 @@ from linly_engine._C import (  # noqa: F401  (re-exported API)
     set_num_threads,
 )
 
+from linly_engine.model import Model  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "LlamaModel",
+    "Model",
     "PackedMatrix",
     "available_isas",
     "cpu_info",

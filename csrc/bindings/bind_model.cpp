@@ -1,0 +1,170 @@
+// LlamaModel for Python: takes a config dict and the canonical tensor set (HF names),
+// checks every shape against the config before the native model sees a pointer.
+#include <memory>
+
+#include "bindings/py_packed_matrix.h"
+#include "model/llama.h"
+
+namespace linly::py_bind {
+
+namespace {
+
+template <class T>
+T get(const py::dict& d, const char* key) {
+  if (!d.contains(key)) throw py::value_error(std::string("model config is missing '") + key + "'");
+  try {
+    return d[key].cast<T>();
+  } catch (const py::cast_error&) {
+    throw py::value_error(std::string("model config '") + key + "' has the wrong type");
+  }
+}
+
+ModelConfig config_from_dict(const py::dict& d) {
+  ModelConfig c;
+  c.vocab = get<int64_t>(d, "vocab_size");
+  c.dim = get<int64_t>(d, "hidden_size");
+  c.n_layers = get<int64_t>(d, "num_hidden_layers");
+  c.n_heads = get<int64_t>(d, "num_attention_heads");
+  c.n_kv_heads = get<int64_t>(d, "num_key_value_heads");
+  c.head_dim = get<int64_t>(d, "head_dim");
+  c.ffn_dim = get<int64_t>(d, "intermediate_size");
+  c.max_context = get<int64_t>(d, "max_context");
+  c.norm_eps = get<float>(d, "rms_norm_eps");
+  c.rope_theta = get<float>(d, "rope_theta");
+  c.qkv_bias = get<bool>(d, "qkv_bias");
+  if (d.contains("rope_scaling") && !d["rope_scaling"].is_none()) {
+    const py::dict rs = d["rope_scaling"].cast<py::dict>();
+    const std::string type = get<std::string>(rs, "rope_type");
+    c.rope.factor = get<float>(rs, "factor");
+    if (type == "linear") {
+      c.rope.type = RopeScaling::Type::Linear;
+    } else if (type == "llama3") {
+      c.rope.type = RopeScaling::Type::Llama3;
+      c.rope.low_freq_factor = get<float>(rs, "low_freq_factor");
+      c.rope.high_freq_factor = get<float>(rs, "high_freq_factor");
+      c.rope.original_max_position = get<int64_t>(rs, "original_max_position_embeddings");
+    } else {
+      throw py::value_error("rope_scaling type '" + type + "' is not supported (supported: linear, llama3)");
+    }
+  }
+  const std::string problem = c.problem();
+  if (!problem.empty()) throw py::value_error("bad model config: " + problem);
+  return c;
+}
+
+struct PyLlamaModel {
+  py::list keep_alive;  // the matrices and arrays the native model points into
+  std::unique_ptr<LlamaModel> model;
+
+  const PackedMatrix* matrix(const py::dict& w, const std::string& name, int64_t n, int64_t k) {
+    if (!w.contains(name)) throw py::value_error("missing weight '" + name + "'");
+    py::object o = w[name.c_str()];
+    PyPackedMatrix* pm;
+    try {
+      pm = o.cast<PyPackedMatrix*>();
+    } catch (const py::cast_error&) {
+      throw py::type_error("weight '" + name + "' must be a PackedMatrix");
+    }
+    if (pm->mat->n() != n || pm->mat->k() != k)
+      throw py::value_error("weight '" + name + "' has shape [" + std::to_string(pm->mat->n()) + ", " +
+                            std::to_string(pm->mat->k()) + "] but the config needs [" + std::to_string(n) +
+                            ", " + std::to_string(k) + "]");
+    keep_alive.append(o);
+    return pm->mat.get();
+  }
+
+  const float* vector(const py::dict& w, const std::string& name, int64_t len, bool optional = false) {
+    if (!w.contains(name)) {
+      if (optional) return nullptr;
+      throw py::value_error("missing weight '" + name + "'");
+    }
+    py::array a = py::array::ensure(w[name.c_str()]);
+    if (!a) throw py::type_error("weight '" + name + "' must be a numpy array");
+    require_f32(a, name.c_str(), 1, 1);
+    if (a.shape(0) != len)
+      throw py::value_error("weight '" + name + "' has shape " + shape_str(a) + " but the config needs (" +
+                            std::to_string(len) + ",)");
+    keep_alive.append(a);
+    return static_cast<const float*>(a.data());
+  }
+
+  PyLlamaModel(const py::dict& cfg_dict, const py::dict& w, const std::string& kv) {
+    const ModelConfig c = config_from_dict(cfg_dict);
+    KvCacheType kv_type;
+    if (kv == "f32") kv_type = KvCacheType::F32;
+    else if (kv == "f16") kv_type = KvCacheType::F16;
+    else throw py::value_error("kv_cache must be 'f32' or 'f16', got '" + kv + "'");
+    const int64_t q = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
+    ModelWeights mw;
+    mw.embed = matrix(w, "model.embed_tokens.weight", c.vocab, c.dim);
+    mw.final_norm = vector(w, "model.norm.weight", c.dim);
+    mw.output = matrix(w, "lm_head.weight", c.vocab, c.dim);
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      LayerWeights L{};
+      L.wq = matrix(w, p + "self_attn.q_proj.weight", q, c.dim);
+      L.wk = matrix(w, p + "self_attn.k_proj.weight", kvd, c.dim);
+      L.wv = matrix(w, p + "self_attn.v_proj.weight", kvd, c.dim);
+      L.wo = matrix(w, p + "self_attn.o_proj.weight", c.dim, q);
+      L.w_gate = matrix(w, p + "mlp.gate_proj.weight", c.ffn_dim, c.dim);
+      L.w_up = matrix(w, p + "mlp.up_proj.weight", c.ffn_dim, c.dim);
+      L.w_down = matrix(w, p + "mlp.down_proj.weight", c.dim, c.ffn_dim);
+      L.attn_norm = vector(w, p + "input_layernorm.weight", c.dim);
+      L.ffn_norm = vector(w, p + "post_attention_layernorm.weight", c.dim);
+      L.bq = vector(w, p + "self_attn.q_proj.bias", q, !c.qkv_bias);
+      L.bk = vector(w, p + "self_attn.k_proj.bias", kvd, !c.qkv_bias);
+      L.bv = vector(w, p + "self_attn.v_proj.bias", kvd, !c.qkv_bias);
+      mw.layers.push_back(L);
+    }
+    py::gil_scoped_release nogil;
+    model = std::make_unique<LlamaModel>(c, std::move(mw), kv_type);
+  }
+
+  py::array forward(const py::array& ids_in, bool all_logits) {
+    py::array_t<int32_t, py::array::c_style | py::array::forcecast> ids;
+    const py::array raw = py::array::ensure(ids_in);
+    if (!raw || (raw.dtype().kind() != 'i' && raw.dtype().kind() != 'u'))
+      throw py::type_error("token ids must be integers");
+    if (raw.ndim() != 1) throw py::value_error("token ids must be 1-D, got shape " + shape_str(raw));
+    ids = raw;
+    const ModelConfig& c = model->config();
+    const int64_t n = ids.shape(0);
+    if (n == 0) throw py::value_error("no token ids given");
+    const int32_t* p = ids.data();
+    for (int64_t i = 0; i < n; ++i) {
+      if (p[i] < 0 || p[i] >= c.vocab)
+        throw py::value_error("token id " + std::to_string(p[i]) + " at index " + std::to_string(i) +
+                              " is outside the vocabulary [0, " + std::to_string(c.vocab) + ")");
+    }
+    if (model->position() + n > c.max_context)
+      throw py::value_error(std::to_string(n) + " tokens at position " + std::to_string(model->position()) +
+                            " exceed the context of " + std::to_string(c.max_context) +
+                            " tokens; reset() the model, shorten the prompt or load with a larger max_context");
+    py::array_t<float> logits = all_logits ? py::array_t<float>({n, c.vocab}) : py::array_t<float>(c.vocab);
+    float* out = logits.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      model->forward(p, n, all_logits, out);
+    }
+    return std::move(logits);
+  }
+};
+
+}  // namespace
+
+void bind_model(py::module_& m) {
+  py::class_<PyLlamaModel>(m, "LlamaModel", "The native LLaMA/Qwen2 decoder with its KV cache.")
+      .def(py::init<const py::dict&, const py::dict&, const std::string&>(), py::arg("config"), py::arg("weights"),
+           py::arg("kv_cache") = "f32")
+      .def("forward", &PyLlamaModel::forward, py::arg("ids"), py::arg("all_logits") = false,
+           "Runs ids at the current position; returns the last logits [vocab] or all [n, vocab].")
+      .def_property_readonly("position", [](const PyLlamaModel& p) { return p.model->position(); })
+      .def("truncate", [](PyLlamaModel& p, int64_t n) {
+        if (n < 0) throw py::value_error("truncate needs n >= 0");
+        p.model->truncate(n);
+      }, py::arg("n"), "Keeps only the first n cached tokens.")
+      .def_property_readonly("kv_cache_bytes", [](const PyLlamaModel& p) { return p.model->kv_cache_bytes(); })
+      .def_property_readonly("max_context", [](const PyLlamaModel& p) { return p.model->config().max_context; });
+}
+
+}  // namespace linly::py_bind

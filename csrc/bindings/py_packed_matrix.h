@@ -1,0 +1,19 @@
+// The Python-facing PackedMatrix: the core matrix plus the numpy array that owns its
+// on-disk bytes (kept alive as long as the matrix). Shared by the bindings that take one.
+#pragma once
+#include <memory>
+
+#include "bindings/common.h"
+#include "core/packed_matrix.h"
+
+namespace linly::py_bind {
+
+struct PyPackedMatrix {
+  py::array data;
+  std::unique_ptr<PackedMatrix> mat;
+
+  PyPackedMatrix(py::array d, const std::string& fmt_name, int64_t k, const py::object& isa);
+  py::array matmul(const py::array& x) const;
+};
+
+}  // namespace linly::py_bind

@@ -1,0 +1,205 @@
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "quant/fp16.h"
+#include "runtime/thread_pool.h"
+
+namespace linly {
+
+namespace {
+
+// HF's inverse frequencies, in f32 as transformers computes them, with rope scaling.
+std::vector<float> inverse_frequencies(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<float> inv(half);
+  for (int64_t i = 0; i < half; ++i)
+    inv[i] = 1.0f / std::pow(c.rope_theta, (float)(2 * i) / (float)c.head_dim);
+  const RopeScaling& s = c.rope;
+  if (s.type == RopeScaling::Type::Linear) {
+    for (float& f : inv) f /= s.factor;
+  } else if (s.type == RopeScaling::Type::Llama3) {
+    const float old_ctx = (float)s.original_max_position;
+    const float low_wavelen = old_ctx / s.low_freq_factor, high_wavelen = old_ctx / s.high_freq_factor;
+    for (float& f : inv) {
+      const float wavelen = 2.0f * (float)M_PI / f;
+      if (wavelen > low_wavelen) {
+        f = f / s.factor;
+      } else if (wavelen >= high_wavelen) {  // between the two: blend
+        const float smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        f = (1.0f - smooth) * f / s.factor + smooth * f;
+      }
+    }
+  }
+  return inv;
+}
+
+void rms_norm(const float* x, const float* weight, float* out, int64_t dim, float eps) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < dim; ++i) ss += (double)x[i] * x[i];
+  const float scale = 1.0f / std::sqrt((float)(ss / (double)dim) + eps);
+  for (int64_t i = 0; i < dim; ++i) out[i] = weight[i] * (x[i] * scale);
+}
+
+// HF "rotate_half" convention: element i pairs with i + hd/2.
+void apply_rope(float* v, int64_t n_heads, int64_t hd, const float* cos, const float* sin) {
+  const int64_t half = hd / 2;
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* p = v + h * hd;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = p[i], b = p[i + half];
+      p[i] = a * cos[i] - b * sin[i];
+      p[i + half] = b * cos[i] + a * sin[i];
+    }
+  }
+}
+
+template <class T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv)
+    : cfg_(cfg), w_(std::move(weights)), kv_type_(kv) {
+  q_dim_ = cfg_.n_heads * cfg_.head_dim;
+  kv_dim_ = cfg_.n_kv_heads * cfg_.head_dim;
+  const int64_t half = cfg_.head_dim / 2;
+  const std::vector<float> inv = inverse_frequencies(cfg_);
+  rope_cos_.resize(cfg_.max_context * half);
+  rope_sin_.resize(cfg_.max_context * half);
+  for (int64_t p = 0; p < cfg_.max_context; ++p) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = (float)p * inv[i];  // f32 product, as transformers forms it
+      rope_cos_[p * half + i] = (float)std::cos((double)angle);
+      rope_sin_[p * half + i] = (float)std::sin((double)angle);
+    }
+  }
+  const size_t cache = (size_t)(cfg_.n_layers * cfg_.max_context * kv_dim_);
+  if (kv_type_ == KvCacheType::F32) {
+    k_f32_.assign(cache, 0.0f);
+    v_f32_.assign(cache, 0.0f);
+  } else {
+    k_f16_.assign(cache, 0);
+    v_f16_.assign(cache, 0);
+  }
+}
+
+int64_t LlamaModel::kv_cache_bytes() const {
+  return (int64_t)(k_f32_.size() + v_f32_.size()) * 4 + (int64_t)(k_f16_.size() + v_f16_.size()) * 2;
+}
+
+void LlamaModel::attention(int64_t layer, int64_t n) {
+  const int64_t hd = cfg_.head_dim, H = cfg_.n_heads, group = cfg_.n_heads / cfg_.n_kv_heads;
+  const int64_t base = layer * cfg_.max_context * kv_dim_;
+  const float scale = 1.0f / std::sqrt((float)hd);
+  const int64_t pos0 = pos_;
+  // One (token, head) pair per work item; each reads the cache up to its own position.
+  global_pool()->parallel_for(n * H, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> scores, kv_row;
+    grow(scores, (size_t)(pos0 + n));
+    grow(kv_row, (size_t)hd);
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t t = item / H, h = item % H, kvh = h / group;
+      const int64_t len = pos0 + t + 1;  // causal: positions 0..pos0+t
+      const float* q = q_.data() + t * q_dim_ + h * hd;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < len; ++j) {
+        const int64_t off = base + j * kv_dim_ + kvh * hd;
+        float s = 0.0f;
+        if (kv_type_ == KvCacheType::F32) {
+          const float* k = k_f32_.data() + off;
+          for (int64_t i = 0; i < hd; ++i) s += q[i] * k[i];
+        } else {
+          const uint16_t* k = k_f16_.data() + off;
+          for (int64_t i = 0; i < hd; ++i) s += q[i] * fp16_to_fp32(k[i]);
+        }
+        s *= scale;
+        scores[j] = s;
+        mx = std::max(mx, s);
+      }
+      float sum = 0.0f;
+      for (int64_t j = 0; j < len; ++j) {
+        scores[j] = std::exp(scores[j] - mx);
+        sum += scores[j];
+      }
+      const float inv_sum = 1.0f / sum;
+      float* out = att_.data() + t * q_dim_ + h * hd;
+      std::fill(out, out + hd, 0.0f);
+      for (int64_t j = 0; j < len; ++j) {
+        const float p = scores[j] * inv_sum;
+        const int64_t off = base + j * kv_dim_ + kvh * hd;
+        if (kv_type_ == KvCacheType::F32) {
+          const float* v = v_f32_.data() + off;
+          for (int64_t i = 0; i < hd; ++i) out[i] += p * v[i];
+        } else {
+          const uint16_t* v = v_f16_.data() + off;
+          for (int64_t i = 0; i < hd; ++i) out[i] += p * fp16_to_fp32(v[i]);
+        }
+      }
+    }
+  });
+}
+
+void LlamaModel::forward(const int32_t* ids, int64_t n, bool all_logits, float* logits) {
+  const int64_t dim = cfg_.dim, ffn = cfg_.ffn_dim, hd = cfg_.head_dim, half = hd / 2;
+  grow(x_, n * dim); grow(h_, n * dim); grow(o_, n * dim);
+  grow(q_, n * q_dim_); grow(att_, n * q_dim_);
+  grow(k_, n * kv_dim_); grow(v_, n * kv_dim_);
+  grow(gate_, n * ffn); grow(up_, n * ffn);
+
+  for (int64_t t = 0; t < n; ++t) w_.embed->dequantize_row(ids[t], x_.data() + t * dim);
+
+  for (int64_t l = 0; l < cfg_.n_layers; ++l) {
+    const LayerWeights& L = w_.layers[l];
+    // --- attention block ---
+    for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.attn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
+    L.wq->matmul(h_.data(), n, q_.data());
+    L.wk->matmul(h_.data(), n, k_.data());
+    L.wv->matmul(h_.data(), n, v_.data());
+    for (int64_t t = 0; t < n; ++t) {
+      float* q = q_.data() + t * q_dim_;
+      float* k = k_.data() + t * kv_dim_;
+      float* v = v_.data() + t * kv_dim_;
+      if (L.bq) for (int64_t i = 0; i < q_dim_; ++i) q[i] += L.bq[i];
+      if (L.bk) for (int64_t i = 0; i < kv_dim_; ++i) k[i] += L.bk[i];
+      if (L.bv) for (int64_t i = 0; i < kv_dim_; ++i) v[i] += L.bv[i];
+      const int64_t p = pos_ + t;
+      apply_rope(q, cfg_.n_heads, hd, rope_cos_.data() + p * half, rope_sin_.data() + p * half);
+      apply_rope(k, cfg_.n_kv_heads, hd, rope_cos_.data() + p * half, rope_sin_.data() + p * half);
+      const int64_t off = (l * cfg_.max_context + p) * kv_dim_;
+      if (kv_type_ == KvCacheType::F32) {
+        std::copy(k, k + kv_dim_, k_f32_.data() + off);
+        std::copy(v, v + kv_dim_, v_f32_.data() + off);
+      } else {
+        for (int64_t i = 0; i < kv_dim_; ++i) {
+          k_f16_[off + i] = fp32_to_fp16(k[i]);
+          v_f16_[off + i] = fp32_to_fp16(v[i]);
+        }
+      }
+    }
+    attention(l, n);
+    L.wo->matmul(att_.data(), n, o_.data());
+    for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
+    // --- SwiGLU MLP block ---
+    for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.ffn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
+    L.w_gate->matmul(h_.data(), n, gate_.data());
+    L.w_up->matmul(h_.data(), n, up_.data());
+    for (int64_t i = 0; i < n * ffn; ++i) {
+      const float g = gate_[i];
+      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
+    }
+    L.w_down->matmul(gate_.data(), n, o_.data());
+    for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
+  }
+  pos_ += n;
+
+  const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
+  for (int64_t t = 0; t < rows; ++t)
+    rms_norm(x_.data() + (first + t) * dim, w_.final_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
+  w_.output->matmul(h_.data(), rows, logits);
+}
+
+}  // namespace linly

@@ -1,0 +1,43 @@
+"""The canonical form every loader produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Tensor:
+    """One weight as it lies in the source: a float array (f32/f16, or bf16 kept as its
+    uint16 bits) or already-packed rows of an engine format."""
+
+    array: np.ndarray
+    fmt: str  # "f32" | "f16" | "bf16" | "q4_0" | "q4_1" | "q8_0" | "q4_g32" | ...
+    shape: tuple[int, ...]  # logical shape: (n, k) for matrices, (n,) for vectors
+
+    def to_f32(self) -> np.ndarray:
+        """The weight as float32 of its logical shape (dequantising if needed)."""
+        from linly_engine import _C
+
+        if self.fmt == "f32":
+            return np.ascontiguousarray(self.array, dtype=np.float32).reshape(self.shape)
+        if self.fmt == "f16":
+            return np.asarray(self.array, dtype=np.float16).astype(np.float32).reshape(self.shape)
+        if self.fmt == "bf16":
+            bits = np.asarray(self.array).view(np.uint16).astype(np.uint32) << 16
+            return bits.view(np.float32).reshape(self.shape)
+        rows = self.shape[0] if len(self.shape) == 2 else 1
+        data = np.ascontiguousarray(self.array).view(np.uint8).reshape(rows, -1)
+        return _C.dequantize(data, self.fmt, self.shape[-1]).reshape(self.shape)
+
+
+@dataclass
+class Checkpoint:
+    """Config (native decoder keys), canonical tensors, and where they came from."""
+
+    config: dict[str, Any]
+    tensors: dict[str, Tensor]
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,140 @@
+"""GGUF files (llama.cpp's format), read with gguf-py's memory-mapped reader.
+
+F32, F16, BF16, Q4_0, Q4_1 and Q8_0 tensors are used as they are (the engine's formats
+are byte-compatible); K-quants (Q4_K, Q5_K, Q6_K) are dequantised and re-packed as q8_0
+at load. llama.cpp stores LLaMA's q/k projection rows in Meta's interleaved rotary
+order; they are permuted back to Hugging Face's order here (Qwen2 is stored unpermuted).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linly_engine.formats.checkpoint import Checkpoint, Tensor
+from linly_engine.formats.hf import CheckpointError
+
+MAGIC = b"GGUF"
+DIRECT = {"F32": "f32", "F16": "f16", "BF16": "bf16", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q8_0": "q8_0"}
+CONVERTED = {"Q4_K", "Q5_K", "Q6_K"}
+LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+}
+GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                "output.weight": "lm_head.weight"}
+
+
+def is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == MAGIC
+
+
+def _reader(path: Path):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path, "r")
+    except Exception as e:  # gguf-py raises ValueError, struct errors, IndexError... on bad files
+        raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); "
+                              "the file is truncated or corrupt") from None
+
+
+def _field(reader, key: str, default: Any = None) -> Any:
+    f = reader.get_field(key)
+    if f is None:
+        return default
+    try:
+        return f.contents()
+    except Exception:
+        raise CheckpointError(f"GGUF metadata '{key}' is malformed") from None
+
+
+def canonical_name(name: str) -> str | None:
+    if name in GLOBAL_NAMES:
+        return GLOBAL_NAMES[name]
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{LAYER_NAMES[parts[2]]}.{parts[3]}"
+    return None
+
+
+def unpermute_rows(a: np.ndarray, n_head: int) -> np.ndarray:
+    """Meta's interleaved rotary rows -> HF's rotate-half rows (inverse of llama.cpp's permute)."""
+    rows = a.shape[0]
+    return np.ascontiguousarray(a.reshape(n_head, rows // n_head // 2, 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape))
+
+
+def load_gguf(path: str | Path) -> Checkpoint:
+    import gguf
+
+    path = Path(path)
+    r = _reader(path)
+    arch = _field(r, "general.architecture")
+    if arch not in ("llama", "qwen2"):
+        raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported (supported: llama, qwen2)")
+
+    def hp(key: str, default: Any = None, required: bool = True) -> Any:
+        v = _field(r, f"{arch}.{key}", default)
+        if v is None and required:
+            raise CheckpointError(f"{path}: GGUF metadata lacks '{arch}.{key}'")
+        return v
+
+    tokens = _field(r, "tokenizer.ggml.tokens")
+    heads = int(hp("attention.head_count"))
+    hidden = int(hp("embedding_length"))
+    kv_heads = int(hp("attention.head_count_kv", heads))
+    scaling = None
+    kind = _field(r, f"{arch}.rope.scaling.type")
+    if kind == "linear":
+        scaling = {"rope_type": "linear", "factor": float(hp("rope.scaling.factor"))}
+    elif kind not in (None, "none"):
+        raise CheckpointError(f"{path}: rope scaling {kind!r} is not supported (supported: linear)")
+    config = {
+        "architecture": arch,
+        "vocab_size": int(hp("vocab_size", len(tokens) if tokens else None)),
+        "hidden_size": hidden,
+        "num_hidden_layers": int(hp("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": int(hp("attention.key_length", hidden // heads)),
+        "intermediate_size": int(hp("feed_forward_length")),
+        "rms_norm_eps": float(hp("attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": float(hp("rope.freq_base", 10000.0)),
+        "rope_scaling": scaling,
+        "qkv_bias": arch == "qwen2",
+        "max_position_embeddings": int(hp("context_length", 2048)),
+    }
+
+    tensors: dict[str, Tensor] = {}
+    for t in r.tensors:
+        if t.name == "rope_freqs.weight":
+            raise CheckpointError(f"{path}: per-frequency rope factors (llama3 scaling in GGUF) are not supported yet")
+        name = canonical_name(t.name)
+        if name is None:
+            continue
+        qtype = gguf.GGMLQuantizationType(t.tensor_type).name
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists ne0 (K) first
+        if qtype in DIRECT:
+            fmt = DIRECT[qtype]
+            arr = t.data
+        elif qtype in CONVERTED:
+            deq = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+            from linly_engine import _C
+
+            fmt, arr = ("q8_0", _C.quantize(deq, "q8_0")) if shape[-1] % 32 == 0 and len(shape) == 2 else ("f32", deq)
+        else:
+            raise CheckpointError(f"{path}: tensor {t.name} has type {qtype}; supported: "
+                                  f"{', '.join(list(DIRECT) + sorted(CONVERTED))}")
+        if arch == "llama" and (".q_proj." in name or ".k_proj." in name):
+            arr = unpermute_rows(np.asarray(arr), heads if ".q_proj." in name else kv_heads)
+        tensors[name] = Tensor(arr, fmt, shape)
+    if "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    meta = {"tokens": tokens, "chat_template": _field(r, "tokenizer.chat_template"),
+            "bos_token_id": _field(r, "tokenizer.ggml.bos_token_id"),
+            "eos_token_id": _field(r, "tokenizer.ggml.eos_token_id")}
+    return Checkpoint(config, tensors, str(path), meta)

@@ -1,0 +1,127 @@
+"""``Model``: a checkpoint's weights packed for the native decoder, with its KV cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from linly_engine import _C
+from linly_engine.formats.checkpoint import Checkpoint, Tensor
+
+MATRIX_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
+                   "gate_proj.weight", "up_proj.weight", "down_proj.weight")
+DENSE = ("f32", "f16", "bf16")
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Reads any supported source into the canonical tensor set."""
+    from linly_engine.formats import gguf, hf
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no model at {p}")
+    if hf.is_hf_folder(p):
+        return hf.load_hf(p)
+    if p.is_file() and gguf.is_gguf(p):
+        return gguf.load_gguf(p)
+    raise ValueError(f"{p}: not a model this engine reads (expected a Hugging Face folder with config.json, "
+                     "or a .gguf file)")
+
+
+def pack(t: Tensor, quant: str | None) -> _C.PackedMatrix:
+    """A weight matrix as the decoder runs it. quant=None keeps the source format
+    (GGUF blocks as they are, f16/bf16/f32 in place); otherwise converts to `quant`."""
+    n, k = t.shape
+    target = quant or t.fmt
+    if target == t.fmt:
+        data = np.ascontiguousarray(t.array).view(np.uint8).reshape(n, -1)  # zero-copy where possible
+        return _C.PackedMatrix(data, target, k)
+    block = _C.format_info(target)["block_elems"]
+    if k % block:
+        target = "f16" if target not in DENSE else target  # K the format can't block: keep precision
+    return _C.PackedMatrix(_C.quantize(t.to_f32(), target), target, k)
+
+
+class Model:
+    """A LLaMA-family model ready to run: ``prefill`` a prompt, then ``decode`` tokens."""
+
+    def __init__(self, checkpoint: Checkpoint, *, quant: str | None = None, max_context: int | None = None,
+                 kv_cache: str = "f32") -> None:
+        cfg = dict(checkpoint.config)
+        ctx = int(max_context or min(cfg.get("max_position_embeddings", 4096), 4096))
+        if ctx < 1:
+            raise ValueError(f"max_context must be >= 1, got {ctx}")
+        cfg["max_context"] = ctx
+        weights: dict[str, Any] = {}
+        packed: dict[int, _C.PackedMatrix] = {}  # a tied head shares the embedding's matrix
+        for name, t in checkpoint.tensors.items():
+            if len(t.shape) == 2:
+                if id(t) not in packed:
+                    packed[id(t)] = pack(t, quant if name.endswith(MATRIX_SUFFIXES + ("embed_tokens.weight", "lm_head.weight")) else None)
+                weights[name] = packed[id(t)]
+            else:
+                weights[name] = np.ascontiguousarray(t.to_f32())
+        self.config = cfg
+        self.checkpoint = checkpoint
+        self._native = _C.LlamaModel(cfg, weights, kv_cache)
+        self._weights = weights
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, threads: int | None = None, quant: str | None = None,
+             max_context: int | None = None, kv_cache: str = "f32") -> "Model":
+        """Loads a Hugging Face folder or a GGUF file. ``quant`` converts the matrices
+        (``q4_0``, ``q8_0``, ``f16`` …) in memory; None keeps the source's formats."""
+        if threads is not None:
+            _C.set_num_threads(threads)
+        return cls(load_checkpoint(path), quant=quant, max_context=max_context, kv_cache=kv_cache)
+
+    @property
+    def position(self) -> int:
+        """Tokens in the KV cache."""
+        return self._native.position
+
+    @property
+    def max_context(self) -> int:
+        return self._native.max_context
+
+    def prefill(self, ids: Iterable[int], all_logits: bool = False) -> np.ndarray:
+        """Runs the prompt ids after what is cached; returns the last position's logits
+        [vocab], or all positions' [n, vocab] with ``all_logits``."""
+        return self._native.forward(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids), all_logits)
+
+    def decode(self, token_id: int) -> np.ndarray:
+        """Runs one token; returns the next logits [vocab]."""
+        return self._native.forward(np.array([token_id], dtype=np.int32), False)
+
+    def reset(self) -> None:
+        """Empties the KV cache."""
+        self._native.truncate(0)
+
+    def truncate(self, n: int) -> None:
+        """Keeps the first n cached tokens (a shared prompt prefix)."""
+        self._native.truncate(n)
+
+    def info(self) -> dict[str, Any]:
+        """Architecture, hyper-parameters, formats and sizes."""
+        formats: dict[str, int] = {}
+        nbytes = 0
+        seen = set()
+        for w in self._weights.values():
+            if id(w) in seen:
+                continue
+            seen.add(id(w))
+            if isinstance(w, _C.PackedMatrix):
+                formats[w.fmt] = formats.get(w.fmt, 0) + 1
+                nbytes += w.data.nbytes
+            else:
+                nbytes += w.nbytes
+        return {
+            **{k: v for k, v in self.config.items()},
+            "source": self.checkpoint.source,
+            "matrix_formats": formats,
+            "weight_bytes": nbytes,
+            "kv_cache_bytes": self._native.kv_cache_bytes,
+        }
