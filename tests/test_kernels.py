@@ -40,22 +40,23 @@ def gaussian_case(fmt: str, n: int, k: int):
     w = rng.standard_normal((n, k)).astype(np.float32)
     data = le.quantize(w, fmt)
     xs = {m: (rng.standard_normal((m, k)) * 2).astype(np.float32) for m in M_VALUES}
-    refs = {m: _C.matmul_ref(x, data, fmt, k) for m, x in xs.items()}
+    refs = {m: {p: _C.matmul_ref(x, data, fmt, k, p) for p in (False, True)} for m, x in xs.items()}
     return data, xs, refs
 
 
+@pytest.mark.parametrize("precise", [False, True], ids=["int8", "int8x2"])
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt,n,k", CASES)
-def test_matmul_matches_scalar_reference(fmt, n, k, isa, nthreads, threads):
+def test_matmul_matches_scalar_reference(fmt, n, k, isa, nthreads, precise, threads):
     le.set_num_threads(nthreads)
     data, xs, refs = gaussian_case(fmt, n, k)
     mat = le.PackedMatrix(data, fmt, k, isa=isa)
     assert mat.isa == isa
     for m in M_VALUES:
-        y = mat.matmul(xs[m])
+        y = mat.matmul(xs[m], precise=precise)
         assert y.shape == (m, n) and y.dtype == np.float32
-        ref = refs[m]
+        ref = refs[m][precise]
         np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()),
                                    err_msg=f"{fmt} n={n} k={k} m={m} isa={isa} threads={nthreads}")
 
@@ -89,7 +90,9 @@ def test_integer_accumulation_is_exact(fmt, isa, rng, threads):
     np.testing.assert_array_equal(_C.matmul_ref(x, data, fmt, k), expected)
     for nthreads in (1, 2):
         le.set_num_threads(nthreads)
-        np.testing.assert_array_equal(le.PackedMatrix(data, fmt, k, isa=isa).matmul(x), expected)
+        mat = le.PackedMatrix(data, fmt, k, isa=isa)
+        np.testing.assert_array_equal(mat.matmul(x), expected)
+        np.testing.assert_array_equal(mat.matmul(x, precise=True), expected)  # residual is all zero here
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -99,14 +102,23 @@ def test_activation_quantisation_is_bit_identical(isa, rng):
     x[4, 5] = 1e-30  # a denormal-sized value next to normal ones
     ref = _C.quantize_activations(x, "scalar")
     np.testing.assert_array_equal(_C.quantize_activations(x, isa), ref)
-    blocks = ref.reshape(19, -1, 40)
-    d = blocks[:, :, :4].copy().view(np.float32)[..., 0]
-    s = blocks[:, :, 4:8].copy().view(np.int32)[..., 0]
-    q = blocks[:, :, 8:].view(np.int8).astype(np.int32)
+    blocks = ref.reshape(19, -1, 80)
+    d, d2 = (blocks[:, :, o:o + 4].copy().view(np.float32)[..., 0] for o in (0, 4))
+    s, s2 = (blocks[:, :, o:o + 4].copy().view(np.int32)[..., 0] for o in (8, 12))
+    q = blocks[:, :, 16:48].view(np.int8).astype(np.int32)
+    r = blocks[:, :, 48:80].view(np.int8).astype(np.int32)
     np.testing.assert_array_equal(s, q.sum(-1))
-    amax = np.abs(x.reshape(19, -1, 32)).max(-1)
-    np.testing.assert_array_equal(d, amax / np.float32(127))
-    assert np.abs(q).max() <= 127
+    np.testing.assert_array_equal(s2, r.sum(-1))
+    xb = x.reshape(19, -1, 32).astype(np.float64)
+    amax = np.abs(xb).max(-1)
+    np.testing.assert_array_equal(d, (amax / 127).astype(np.float32))
+    np.testing.assert_array_equal(d2, d / np.float32(254))
+    assert np.abs(q).max() <= 127 and np.abs(r).max() <= 127
+    # int8 alone: error ≤ d/2; with the residual: ≤ d2/2 (plus f32 rounding)
+    one = d[..., None] * q
+    two = one + d2[..., None] * r
+    assert np.all(np.abs(xb - one) <= d[..., None] / 2 * (1 + 1e-5))
+    assert np.all(np.abs(xb - two) <= d2[..., None] / 2 * (1 + 1e-3) + 1e-6 * np.abs(xb))
 
 
 @pytest.mark.parametrize("fmt", QUANT + DENSE)
@@ -171,3 +183,16 @@ def test_many_small_calls_from_two_python_threads(threads, rng):
     for t in ts:
         t.join()
     assert not bad
+
+
+@pytest.mark.parametrize("fmt", QUANT)
+def test_precise_activations_cut_the_error(fmt, rng):
+    """int8x2 lands ~254x closer to the f64 product with the dequantised weights."""
+    n, k = 64, 1024
+    data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
+    x = rng.standard_normal((8, k)).astype(np.float32)
+    exact = x.astype(np.float64) @ le.dequantize(data, fmt, k).astype(np.float64).T
+    mat = le.PackedMatrix(data, fmt, k)
+    err_fast = np.abs(mat.matmul(x) - exact).mean()
+    err_precise = np.abs(mat.matmul(x, precise=True) - exact).mean()
+    assert err_precise < err_fast / 50

@@ -88,12 +88,14 @@ struct PyLlamaModel {
     return static_cast<const float*>(a.data());
   }
 
-  PyLlamaModel(const py::dict& cfg_dict, const py::dict& w, const std::string& kv) {
+  PyLlamaModel(const py::dict& cfg_dict, const py::dict& w, const std::string& kv, const std::string& activations) {
     const ModelConfig c = config_from_dict(cfg_dict);
     KvCacheType kv_type;
     if (kv == "f32") kv_type = KvCacheType::F32;
     else if (kv == "f16") kv_type = KvCacheType::F16;
     else throw py::value_error("kv_cache must be 'f32' or 'f16', got '" + kv + "'");
+    if (activations != "int8" && activations != "int8x2")
+      throw py::value_error("activations must be 'int8' (fast) or 'int8x2' (precise), got '" + activations + "'");
     const int64_t q = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
     ModelWeights mw;
     mw.embed = matrix(w, "model.embed_tokens.weight", c.vocab, c.dim);
@@ -117,7 +119,7 @@ struct PyLlamaModel {
       mw.layers.push_back(L);
     }
     py::gil_scoped_release nogil;
-    model = std::make_unique<LlamaModel>(c, std::move(mw), kv_type);
+    model = std::make_unique<LlamaModel>(c, std::move(mw), kv_type, activations == "int8x2");
   }
 
   py::array forward(const py::array& ids_in, bool all_logits) {
@@ -154,8 +156,8 @@ struct PyLlamaModel {
 
 void bind_model(py::module_& m) {
   py::class_<PyLlamaModel>(m, "LlamaModel", "The native LLaMA/Qwen2 decoder with its KV cache.")
-      .def(py::init<const py::dict&, const py::dict&, const std::string&>(), py::arg("config"), py::arg("weights"),
-           py::arg("kv_cache") = "f32")
+      .def(py::init<const py::dict&, const py::dict&, const std::string&, const std::string&>(), py::arg("config"),
+           py::arg("weights"), py::arg("kv_cache") = "f32", py::arg("activations") = "int8x2")
       .def("forward", &PyLlamaModel::forward, py::arg("ids"), py::arg("all_logits") = false,
            "Runs ids at the current position; returns the last logits [vocab] or all [n, vocab].")
       .def_property_readonly("position", [](const PyLlamaModel& p) { return p.model->position(); })

@@ -91,7 +91,8 @@ void bind_quant(py::module_& m) {
   }, py::arg("x"), py::arg("isa") = py::none(),
      "Activation blocks (f32 d, i32 sum, 32 x i8) as the integer kernels see them; for tests.");
 
-  m.def("matmul_ref", [](const py::array& x, const py::array& data, const std::string& fmt_name, int64_t k) {
+  m.def("matmul_ref", [](const py::array& x, const py::array& data, const std::string& fmt_name, int64_t k,
+                         bool precise) {
     const Format fmt = parse_format_or_throw(fmt_name);
     require_packed_rows(data, fmt, k);
     require_f32(x, "x", 2, 2);
@@ -101,7 +102,7 @@ void bind_quant(py::module_& m) {
     py::array_t<float> y({mm, n});
     std::vector<block_q8_act> xq;
     MatmulArgs a{fmt, static_cast<const uint8_t*>(data.data()), false, n, k, mm,
-                 static_cast<const float*>(x.data()), nullptr, y.mutable_data()};
+                 static_cast<const float*>(x.data()), nullptr, y.mutable_data(), precise};
     {
       py::gil_scoped_release nogil;
       if (format_info(fmt).integer_path) {
@@ -113,7 +114,7 @@ void bind_quant(py::module_& m) {
       matmul_ref(a, 0, n);
     }
     return y;
-  }, py::arg("x"), py::arg("data"), py::arg("fmt"), py::arg("k"),
+  }, py::arg("x"), py::arg("data"), py::arg("fmt"), py::arg("k"), py::arg("precise") = false,
      "Single-threaded scalar reference of y = x · Wᵀ on the on-disk layout.");
 
   m.def("repack_panels", [](const py::array& data, const std::string& fmt_name, int64_t k) {

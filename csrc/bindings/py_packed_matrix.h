@@ -13,7 +13,7 @@ struct PyPackedMatrix {
   std::unique_ptr<PackedMatrix> mat;
 
   PyPackedMatrix(py::array d, const std::string& fmt_name, int64_t k, const py::object& isa);
-  py::array matmul(const py::array& x) const;
+  py::array matmul(const py::array& x, bool precise) const;
 };
 
 }  // namespace linly::py_bind

@@ -38,8 +38,8 @@ void quantize_activations(const KernelTable& kt, const float* x, int64_t m, int6
   });
 }
 
-void PackedMatrix::matmul(const float* x, int64_t m, float* y) const {
-  MatmulArgs a{fmt_, repacked() ? panels_.data() : plain_, repacked(), n_, k_, m, x, nullptr, y};
+void PackedMatrix::matmul(const float* x, int64_t m, float* y, bool precise) const {
+  MatmulArgs a{fmt_, repacked() ? panels_.data() : plain_, repacked(), n_, k_, m, x, nullptr, y, precise};
   // Activation blocks live in a per-thread scratch that only grows: no allocation per
   // token once the largest batch has been seen.
   thread_local std::vector<block_q8_act> scratch;

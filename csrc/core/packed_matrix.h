@@ -16,7 +16,9 @@ class PackedMatrix {
   PackedMatrix(Format fmt, int64_t n, int64_t k, const uint8_t* plain, const KernelTable& kernels);
 
   // x: [m, k] f32 row-major; y: [m, n] f32 row-major. Threads from the global pool.
-  void matmul(const float* x, int64_t m, float* y) const;
+  // precise: integer formats also use the activation residual (formats.h); ignored by
+  // the dense formats, which multiply in f32 anyway.
+  void matmul(const float* x, int64_t m, float* y, bool precise = false) const;
   // Row r of W as f32 [k] (an embedding lookup). r < n is the caller's promise.
   void dequantize_row(int64_t r, float* out) const;
 

@@ -17,6 +17,7 @@ struct MatmulArgs {
   const float* x;           // [m, k] f32 (dense formats)
   const block_q8_act* xq;   // [m, k/32]  (integer formats)
   float* y;                 // [m, n]
+  bool precise = false;     // integer formats: also use the activation residual (formats.h)
 };
 
 struct KernelTable {

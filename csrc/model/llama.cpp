@@ -62,8 +62,8 @@ void grow(std::vector<T>& v, size_t n) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv)
-    : cfg_(cfg), w_(std::move(weights)), kv_type_(kv) {
+LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise)
+    : cfg_(cfg), w_(std::move(weights)), kv_type_(kv), precise_(precise) {
   q_dim_ = cfg_.n_heads * cfg_.head_dim;
   kv_dim_ = cfg_.n_kv_heads * cfg_.head_dim;
   const int64_t half = cfg_.head_dim / 2;
@@ -156,9 +156,9 @@ void LlamaModel::forward(const int32_t* ids, int64_t n, bool all_logits, float* 
     const LayerWeights& L = w_.layers[l];
     // --- attention block ---
     for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.attn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
-    L.wq->matmul(h_.data(), n, q_.data());
-    L.wk->matmul(h_.data(), n, k_.data());
-    L.wv->matmul(h_.data(), n, v_.data());
+    L.wq->matmul(h_.data(), n, q_.data(), precise_);
+    L.wk->matmul(h_.data(), n, k_.data(), precise_);
+    L.wv->matmul(h_.data(), n, v_.data(), precise_);
     for (int64_t t = 0; t < n; ++t) {
       float* q = q_.data() + t * q_dim_;
       float* k = k_.data() + t * kv_dim_;
@@ -181,17 +181,17 @@ void LlamaModel::forward(const int32_t* ids, int64_t n, bool all_logits, float* 
       }
     }
     attention(l, n);
-    L.wo->matmul(att_.data(), n, o_.data());
+    L.wo->matmul(att_.data(), n, o_.data(), precise_);
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
     // --- SwiGLU MLP block ---
     for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.ffn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
-    L.w_gate->matmul(h_.data(), n, gate_.data());
-    L.w_up->matmul(h_.data(), n, up_.data());
+    L.w_gate->matmul(h_.data(), n, gate_.data(), precise_);
+    L.w_up->matmul(h_.data(), n, up_.data(), precise_);
     for (int64_t i = 0; i < n * ffn; ++i) {
       const float g = gate_[i];
       gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
     }
-    L.w_down->matmul(gate_.data(), n, o_.data());
+    L.w_down->matmul(gate_.data(), n, o_.data(), precise_);
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
   }
   pos_ += n;
@@ -199,7 +199,7 @@ void LlamaModel::forward(const int32_t* ids, int64_t n, bool all_logits, float* 
   const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
   for (int64_t t = 0; t < rows; ++t)
     rms_norm(x_.data() + (first + t) * dim, w_.final_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
-  w_.output->matmul(h_.data(), rows, logits);
+  w_.output->matmul(h_.data(), rows, logits, precise_);
 }
 
 }  // namespace linly

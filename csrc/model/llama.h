@@ -29,7 +29,8 @@ enum class KvCacheType { F32, F16 };
 class LlamaModel {
  public:
   // Shapes must already be validated against cfg (the bindings do it, with messages).
-  LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv);
+  // precise: every integer matmul also uses the activations' int8 residual (formats.h).
+  LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise);
 
   // Feeds ids[0..n) at positions [position(), position()+n) and appends their keys and
   // values to the cache. Writes logits [n, vocab] when all_logits, else the last
@@ -48,6 +49,7 @@ class LlamaModel {
   ModelConfig cfg_;
   ModelWeights w_;
   KvCacheType kv_type_;
+  bool precise_;
   int64_t pos_ = 0;
   int64_t q_dim_, kv_dim_;
   std::vector<float> rope_cos_, rope_sin_;  // [max_context, head_dim/2]

@@ -36,11 +36,14 @@ static_assert(sizeof(block_q4_g<32>) == 20, "q4_g32 block is 20 bytes");
 static_assert(sizeof(block_q4_g<64>) == 36, "q4_g64 block is 36 bytes");
 static_assert(sizeof(block_q4_g<128>) == 68, "q4_g128 block is 68 bytes");
 
-// Activations, quantised on the fly before an integer matmul (never stored on disk).
-// d is f32 (not f16) so that the scale costs no precision; s = Σ qs lets the kernels
-// apply q4 offsets and zero points with one integer multiply per block.
-struct block_q8_act { float d; int32_t s; int8_t qs[QK]; };
-static_assert(sizeof(block_q8_act) == 40, "activation block is 40 bytes");
+// Activations, quantised on the fly before an integer matmul (never stored on disk):
+// x ≈ d·qs + d2·r with qs = rint(x/d), d = max|x|/127, and the residual r =
+// rint((x − d·qs)/d2), d2 = d/254. "fast" matmuls use d·qs alone (int8, like llama.cpp);
+// "precise" ones add the residual term, which shrinks the activation error 254× for
+// twice the integer work. Scales are f32 so they cost no precision; s = Σqs and s2 = Σr
+// let the kernels apply q4 offsets and zero points with one multiply per block.
+struct block_q8_act { float d, d2; int32_t s, s2; int8_t qs[QK]; int8_t r[QK]; };
+static_assert(sizeof(block_q8_act) == 80, "activation block is 80 bytes");
 
 struct FormatInfo {
   const char* name;

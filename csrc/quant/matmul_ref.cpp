@@ -20,7 +20,7 @@ inline int32_t dot_q8_block(const int8_t* qs, const int8_t* xq) {
   return s;
 }
 
-double dot_row(Format f, const uint8_t* w, const block_q8_act* xq, const float* x, int64_t k) {
+double dot_row(Format f, const uint8_t* w, const block_q8_act* xq, const float* x, int64_t k, bool hi) {
   double acc = 0.0;
   const int64_t nb = k / QK;
   switch (f) {
@@ -36,24 +36,31 @@ double dot_row(Format f, const uint8_t* w, const block_q8_act* xq, const float* 
     case Format::Q4_0: {
       const block_q4_0* b = (const block_q4_0*)w;
       for (int64_t i = 0; i < nb; ++i) {
+        const float d = fp16_to_fp32(b[i].d);
         const int32_t isum = dot_q4_block(b[i].qs, xq[i].qs) - 8 * xq[i].s;  // codes are q-8
-        acc += (double)(fp16_to_fp32(b[i].d) * xq[i].d) * (double)isum;
+        acc += (double)(d * xq[i].d) * (double)isum;
+        if (hi) acc += (double)(d * xq[i].d2) * (double)(dot_q4_block(b[i].qs, xq[i].r) - 8 * xq[i].s2);
       }
       break;
     }
     case Format::Q4_1: {
       const block_q4_1* b = (const block_q4_1*)w;
       for (int64_t i = 0; i < nb; ++i) {
-        const int32_t isum = dot_q4_block(b[i].qs, xq[i].qs);
-        acc += (double)(fp16_to_fp32(b[i].d) * xq[i].d) * (double)isum +
-               (double)(fp16_to_fp32(b[i].m) * xq[i].d) * (double)xq[i].s;
+        const float d = fp16_to_fp32(b[i].d), m = fp16_to_fp32(b[i].m);
+        acc += (double)(d * xq[i].d) * (double)dot_q4_block(b[i].qs, xq[i].qs) +
+               (double)(m * xq[i].d) * (double)xq[i].s;
+        if (hi)
+          acc += (double)(d * xq[i].d2) * (double)dot_q4_block(b[i].qs, xq[i].r) +
+                 (double)(m * xq[i].d2) * (double)xq[i].s2;
       }
       break;
     }
     case Format::Q8_0: {
       const block_q8_0* b = (const block_q8_0*)w;
       for (int64_t i = 0; i < nb; ++i) {
-        acc += (double)(fp16_to_fp32(b[i].d) * xq[i].d) * (double)dot_q8_block(b[i].qs, xq[i].qs);
+        const float d = fp16_to_fp32(b[i].d);
+        acc += (double)(d * xq[i].d) * (double)dot_q8_block(b[i].qs, xq[i].qs);
+        if (hi) acc += (double)(d * xq[i].d2) * (double)dot_q8_block(b[i].qs, xq[i].r);
       }
       break;
     }
@@ -68,6 +75,7 @@ double dot_row(Format f, const uint8_t* w, const block_q8_act* xq, const float* 
           const block_q8_act& a = xq[g * (G / QK) + c];
           const int32_t isum = dot_q4_block(blk + 4 + c * QK / 2, a.qs) - z * a.s;
           acc += (double)(d * a.d) * (double)isum;
+          if (hi) acc += (double)(d * a.d2) * (double)(dot_q4_block(blk + 4 + c * QK / 2, a.r) - z * a.s2);
         }
       }
       break;
@@ -94,7 +102,7 @@ void matmul_ref(const MatmulArgs& a, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
     for (int64_t m = 0; m < a.m; ++m) {
       a.y[m * a.n + n] = (float)dot_row(a.fmt, a.w + n * rb, a.xq ? a.xq + m * nb : nullptr,
-                                        a.x ? a.x + m * a.k : nullptr, a.k);
+                                        a.x ? a.x + m * a.k : nullptr, a.k, a.precise);
     }
   }
 }

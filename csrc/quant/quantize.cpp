@@ -164,14 +164,22 @@ void quantize_row_act_ref(const float* x, block_q8_act* y, int64_t k) {
     for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[j]));
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    int32_t s = 0;
+    const float d2 = d / 254.0f;
+    const float id2 = d2 != 0.0f ? 1.0f / d2 : 0.0f;
+    int32_t s = 0, s2 = 0;
     for (int j = 0; j < QK; ++j) {
       const int q = (int)std::nearbyint(x[j] * id);
+      const float e = x[j] - d * (float)q;  // |e| ≤ d/2, so |r| ≤ 127 (clamped for rounding slop)
+      const int r = std::clamp((int)std::nearbyint(e * id2), -127, 127);
       y[b].qs[j] = (int8_t)q;
+      y[b].r[j] = (int8_t)r;
       s += q;
+      s2 += r;
     }
     y[b].d = d;
+    y[b].d2 = d2;
     y[b].s = s;
+    y[b].s2 = s2;
   }
 }
 

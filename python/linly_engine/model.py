@@ -49,7 +49,7 @@ class Model:
     """A LLaMA-family model ready to run: ``prefill`` a prompt, then ``decode`` tokens."""
 
     def __init__(self, checkpoint: Checkpoint, *, quant: str | None = None, max_context: int | None = None,
-                 kv_cache: str = "f32") -> None:
+                 kv_cache: str = "f32", activations: str = "int8x2") -> None:
         cfg = dict(checkpoint.config)
         ctx = int(max_context or min(cfg.get("max_position_embeddings", 4096), 4096))
         if ctx < 1:
@@ -66,17 +66,23 @@ class Model:
                 weights[name] = np.ascontiguousarray(t.to_f32())
         self.config = cfg
         self.checkpoint = checkpoint
-        self._native = _C.LlamaModel(cfg, weights, kv_cache)
+        self._native = _C.LlamaModel(cfg, weights, kv_cache, activations)
+        self.activations = activations
         self._weights = weights
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, threads: int | None = None, quant: str | None = None,
-             max_context: int | None = None, kv_cache: str = "f32") -> "Model":
-        """Loads a Hugging Face folder or a GGUF file. ``quant`` converts the matrices
-        (``q4_0``, ``q8_0``, ``f16`` …) in memory; None keeps the source's formats."""
+             max_context: int | None = None, kv_cache: str = "f32", activations: str = "int8x2") -> "Model":
+        """Loads a Hugging Face folder or a GGUF file.
+
+        quant: converts the matrices (``q4_0``, ``q8_0``, ``f16`` …) in memory; None keeps
+        the source's formats. activations: how integer matmuls see the activations,
+        ``int8x2`` (int8 plus an int8 residual: ~254× smaller activation error, the
+        default) or ``int8`` (faster, the precision llama.cpp uses)."""
         if threads is not None:
             _C.set_num_threads(threads)
-        return cls(load_checkpoint(path), quant=quant, max_context=max_context, kv_cache=kv_cache)
+        return cls(load_checkpoint(path), quant=quant, max_context=max_context, kv_cache=kv_cache,
+                   activations=activations)
 
     @property
     def position(self) -> int:
@@ -124,4 +130,5 @@ class Model:
             "matrix_formats": formats,
             "weight_bytes": nbytes,
             "kv_cache_bytes": self._native.kv_cache_bytes,
+            "activations": self.activations,
         }

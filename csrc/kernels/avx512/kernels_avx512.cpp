@@ -17,13 +17,26 @@ void quantize_act_avx512(const float* x, block_q8_act* y, int64_t k) {
     const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
     const float d = amax / 127.0f;
+    const float d2 = d / 254.0f;
     const __m512 id = _mm512_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+    const __m512 id2 = _mm512_set1_ps(d2 != 0.0f ? 1.0f / d2 : 0.0f);
+    const __m512 vd = _mm512_set1_ps(d);
+    const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
     const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id));  // MXCSR default: nearest-even
     const __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
+    // Residual, with the same separate multiply and subtract as the reference.
+    const __m512 e0 = _mm512_sub_ps(v0, _mm512_mul_ps(vd, _mm512_cvtepi32_ps(i0)));
+    const __m512 e1 = _mm512_sub_ps(v1, _mm512_mul_ps(vd, _mm512_cvtepi32_ps(i1)));
+    const __m512i r0 = _mm512_max_epi32(nlim, _mm512_min_epi32(lim, _mm512_cvtps_epi32(_mm512_mul_ps(e0, id2))));
+    const __m512i r1 = _mm512_max_epi32(nlim, _mm512_min_epi32(lim, _mm512_cvtps_epi32(_mm512_mul_ps(e1, id2))));
     y[b].d = d;
+    y[b].d2 = d2;
     y[b].s = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+    y[b].s2 = _mm512_reduce_add_epi32(_mm512_add_epi32(r0, r1));
     _mm_storeu_si128((__m128i*)y[b].qs, _mm512_cvtepi32_epi8(i0));  // |q| ≤ 127: no truncation
     _mm_storeu_si128((__m128i*)(y[b].qs + 16), _mm512_cvtepi32_epi8(i1));
+    _mm_storeu_si128((__m128i*)y[b].r, _mm512_cvtepi32_epi8(r0));
+    _mm_storeu_si128((__m128i*)(y[b].r + 16), _mm512_cvtepi32_epi8(r1));
   }
 }
 
@@ -36,13 +49,13 @@ inline void store_rows(float* y, __m512 v, int rows) {
 }
 
 // Software prefetch a few blocks ahead, as in the AVX2 kernels (same reasoning).
-constexpr int kPrefetchBytes = 1024;
+constexpr int kPrefetchBytes = 4096;
 inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
-  for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), _MM_HINT_T0);
+  for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), _MM_HINT_T1);
 }
 
 // One 16-row panel of a 4-bit format against MT activation rows; the decode hot loop.
-template <Format F, int MT>
+template <Format F, int MT, bool HI>
 void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
               float* const* ys, int rows) {
   constexpr int G = group_size(F);
@@ -54,9 +67,9 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
     const uint8_t* q = panel + b * 256;
     const int64_t g = b / SUB;
     prefetch_ahead(q, 256);
-    __m512i isum[MT];
+    __m512i isum[MT], isum2[MT];
 #pragma GCC unroll 4
-    for (int m = 0; m < MT; ++m) isum[m] = _mm512_setzero_si512();
+    for (int m = 0; m < MT; ++m) isum[m] = isum2[m] = _mm512_setzero_si512();
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
       const __m512i raw = _mm512_loadu_si512((const void*)(q + v * 64));
@@ -67,29 +80,40 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
         const int32_t* xw = (const int32_t*)xs[m][b].qs;
         isum[m] = _mm512_dpbusd_epi32(isum[m], lo, _mm512_set1_epi32(xw[v]));
         isum[m] = _mm512_dpbusd_epi32(isum[m], hi, _mm512_set1_epi32(xw[4 + v]));
+        if (HI) {
+          const int32_t* rw = (const int32_t*)xs[m][b].r;
+          isum2[m] = _mm512_dpbusd_epi32(isum2[m], lo, _mm512_set1_epi32(rw[v]));
+          isum2[m] = _mm512_dpbusd_epi32(isum2[m], hi, _mm512_set1_epi32(rw[4 + v]));
+        }
       }
     }
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(panel + L.d_offset + g * 32)));
 #pragma GCC unroll 4
     for (int m = 0; m < MT; ++m) {
       const block_q8_act& a = xs[m][b];
-      __m512i is = isum[m];
-      if (F == Format::Q4_0) is = _mm512_sub_epi32(is, _mm512_set1_epi32(8 * a.s));
+      __m512i is = isum[m], is2 = isum2[m];
+      if (F == Format::Q4_0) {
+        is = _mm512_sub_epi32(is, _mm512_set1_epi32(8 * a.s));
+        if (HI) is2 = _mm512_sub_epi32(is2, _mm512_set1_epi32(8 * a.s2));
+      }
       if (G) {
         const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(panel + L.z_offset + g * 16)));
         is = _mm512_sub_epi32(is, _mm512_mullo_epi32(z, _mm512_set1_epi32(a.s)));
+        if (HI) is2 = _mm512_sub_epi32(is2, _mm512_mullo_epi32(z, _mm512_set1_epi32(a.s2)));
       }
       acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a.d)), _mm512_cvtepi32_ps(is), acc[m]);
+      if (HI) acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a.d2)), _mm512_cvtepi32_ps(is2), acc[m]);
       if (F == Format::Q4_1) {
         const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(panel + L.m_offset + g * 32)));
         acc[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a.d * (float)a.s), acc[m]);
+        if (HI) acc[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a.d2 * (float)a.s2), acc[m]);
       }
     }
   }
   for (int m = 0; m < MT; ++m) store_rows(ys[m], acc[m], rows);
 }
 
-template <int MT>
+template <int MT, bool HI>
 void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
               float* const* ys, int rows) {
   const __m512i bias = _mm512_set1_epi8((char)0x80);
@@ -98,38 +122,51 @@ void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* q = panel + b * 512;
     prefetch_ahead(q, 512);
-    __m512i isum[MT];
+    __m512i isum[MT], isum2[MT];
 #pragma GCC unroll 4
-    for (int m = 0; m < MT; ++m) isum[m] = _mm512_setzero_si512();
+    for (int m = 0; m < MT; ++m) isum[m] = isum2[m] = _mm512_setzero_si512();
 #pragma GCC unroll 8
     for (int v = 0; v < 8; ++v) {
       // vpdpbusd wants u8 × s8: w ^ 0x80 = w + 128 as unsigned; the extra 128·Σx is
       // removed exactly below with the block's activation sum.
       const __m512i w = _mm512_xor_si512(_mm512_loadu_si512((const void*)(q + v * 64)), bias);
-      for (int m = 0; m < MT; ++m)
+      for (int m = 0; m < MT; ++m) {
         isum[m] = _mm512_dpbusd_epi32(isum[m], w, _mm512_set1_epi32(((const int32_t*)xs[m][b].qs)[v]));
+        if (HI) isum2[m] = _mm512_dpbusd_epi32(isum2[m], w, _mm512_set1_epi32(((const int32_t*)xs[m][b].r)[v]));
+      }
     }
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(panel + L.d_offset + b * 32)));
     for (int m = 0; m < MT; ++m) {
       const __m512i is = _mm512_sub_epi32(isum[m], _mm512_set1_epi32(128 * xs[m][b].s));
       acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xs[m][b].d)), _mm512_cvtepi32_ps(is), acc[m]);
+      if (HI) {
+        const __m512i is2 = _mm512_sub_epi32(isum2[m], _mm512_set1_epi32(128 * xs[m][b].s2));
+        acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xs[m][b].d2)), _mm512_cvtepi32_ps(is2), acc[m]);
+      }
     }
   }
   for (int m = 0; m < MT; ++m) store_rows(ys[m], acc[m], rows);
 }
 
-template <int MT>
-void panel_tile(Format f, const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
-                float* const* ys, int rows) {
+template <int MT, bool HI>
+void panel_tile_hi(Format f, const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
+                   float* const* ys, int rows) {
   switch (f) {
-    case Format::Q4_0: q4_panel<Format::Q4_0, MT>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_1: q4_panel<Format::Q4_1, MT>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_G32: q4_panel<Format::Q4_G32, MT>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_G64: q4_panel<Format::Q4_G64, MT>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_G128: q4_panel<Format::Q4_G128, MT>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q8_0: q8_panel<MT>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_0: q4_panel<Format::Q4_0, MT, HI>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_1: q4_panel<Format::Q4_1, MT, HI>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_G32: q4_panel<Format::Q4_G32, MT, HI>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_G64: q4_panel<Format::Q4_G64, MT, HI>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_G128: q4_panel<Format::Q4_G128, MT, HI>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q8_0: q8_panel<MT, HI>(panel, L, nb, xs, ys, rows); break;
     default: break;
   }
+}
+
+template <int MT>
+void panel_tile(bool precise, Format f, const uint8_t* panel, const PanelLayout& L, int64_t nb,
+                const block_q8_act* const* xs, float* const* ys, int rows) {
+  if (precise) panel_tile_hi<MT, true>(f, panel, L, nb, xs, ys, rows);
+  else panel_tile_hi<MT, false>(f, panel, L, nb, xs, ys, rows);
 }
 
 inline __m512 load16(Format f, const uint8_t* w, int64_t i, __mmask16 mask) {
@@ -182,12 +219,12 @@ void matmul_avx512(const MatmulArgs& a, int64_t begin, int64_t end) {
     for (; m + MT <= a.m; m += MT) {
       const block_q8_act* xs[MT] = {a.xq + m * nb, a.xq + (m + 1) * nb, a.xq + (m + 2) * nb, a.xq + (m + 3) * nb};
       float* ys[MT] = {y0 + m * a.n, y0 + (m + 1) * a.n, y0 + (m + 2) * a.n, y0 + (m + 3) * a.n};
-      panel_tile<MT>(a.fmt, panel, L, nb, xs, ys, rows);
+      panel_tile<MT>(a.precise, a.fmt, panel, L, nb, xs, ys, rows);
     }
     for (; m < a.m; ++m) {
       const block_q8_act* xs[1] = {a.xq + m * nb};
       float* ys[1] = {y0 + m * a.n};
-      panel_tile<1>(a.fmt, panel, L, nb, xs, ys, rows);
+      panel_tile<1>(a.precise, a.fmt, panel, L, nb, xs, ys, rows);
     }
   }
 }

@@ -1,0 +1,112 @@
+"""The real model: SmolLM2-135M-Instruct from its Q4_1 GGUF, against transformers loading
+the same file (dequantised to f32)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from linly_engine.default_model import FETCH_COMMAND, find_default_gguf
+
+GGUF = find_default_gguf()
+pytestmark = pytest.mark.skipif(GGUF is None, reason=f"default model not installed ({FETCH_COMMAND})")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # transformers needs it to read GGUF
+
+import linly_engine as le  # noqa: E402
+
+# "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging
+# Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n
+# <|im_start|>assistant\n": the chat-templated prompt, as ids (the tokenizer arrives with
+# its own issue).
+SYSTEM = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407,
+          19712, 8182, 2, 198]
+CHAT_PROMPT = SYSTEM + [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model = transformers.AutoModelForCausalLM.from_pretrained(GGUF.parent, gguf_file=GGUF.name, dtype=torch.float32)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return le.Model.load(GGUF, max_context=512)
+
+
+def test_loads_as_published(engine):
+    info = engine.info()
+    assert (info["num_hidden_layers"], info["hidden_size"], info["num_attention_heads"],
+            info["num_key_value_heads"], info["vocab_size"]) == (30, 576, 9, 3, 49152)
+    assert info["matrix_formats"] == {"q4_1": 210, "q8_0": 1}  # used as stored, the head tied
+
+
+def test_f32_weights_reproduce_transformers_exactly(reference):
+    m = le.Model.load(GGUF, max_context=64, quant="f32")  # no int8 activations: pure model check
+    with torch.no_grad():
+        want = reference(torch.tensor([CHAT_PROMPT])).logits[0].numpy()
+    got = m.prefill(CHAT_PROMPT, all_logits=True)
+    assert np.abs(got - want).max() < 1e-3 * np.abs(want).max()
+
+
+# llama.cpp 0.3.36 on this machine, same file, same 37 prompt ids (int8 activations):
+# mean |Δlogit| 0.21, argmax agreement 94.6 % (shared/reference/offline-resources.md).
+LLAMA_CPP_MEAN_ABS_DIFF = 0.21
+
+
+def test_quantised_logits_closer_to_transformers_than_llama_cpp(engine, reference):
+    with torch.no_grad():
+        want = reference(torch.tensor([CHAT_PROMPT])).logits[0].numpy()
+    engine.reset()
+    got = engine.prefill(CHAT_PROMPT, all_logits=True)
+    assert engine.activations == "int8x2"  # the default
+    assert np.abs(got - want).mean() < LLAMA_CPP_MEAN_ABS_DIFF / 10
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_fast_activations_are_llama_cpp_grade():
+    fast = le.Model.load(GGUF, max_context=64, activations="int8")
+    ref = le.Model.load(GGUF, max_context=64, quant="f32")  # exact to transformers (test above)
+    want = ref.prefill(CHAT_PROMPT, all_logits=True)
+    got = fast.prefill(CHAT_PROMPT, all_logits=True)
+    assert np.abs(got - want).mean() < 0.35  # measured 0.27: same ballpark as llama.cpp's 0.21
+
+
+def greedy(step, first_logits, n):
+    out, logits = [], first_logits
+    for _ in range(n):
+        t = int(np.argmax(logits))
+        out.append(t)
+        if t == 2:  # <|im_end|>
+            break
+        logits = step(t)
+    return out
+
+
+JAPAN_PROMPT = SYSTEM + [1, 4093, 198, 1780, 314, 260, 3575, 282, 3085, 47, 2, 198, 1, 520, 9531, 198]
+
+
+@pytest.mark.parametrize("prompt,min_margin", [
+    # "What is the capital of Japan?": no near-tie anywhere (smallest top-2 margin 0.97).
+    (JAPAN_PROMPT, 0.5),
+    # "What is the capital of France?": the first answer token is nearly tied in the
+    # reference ("The" 25.33 vs "L" 25.24); int8-only engines such as llama.cpp flip it
+    # and answer in French. The engine's largest logit error here is 0.011 (measured).
+    (CHAT_PROMPT, 0.05),
+], ids=["japan", "france"])
+def test_greedy_text_equals_transformers(engine, reference, prompt, min_margin):
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                 output_scores=True, return_dict_in_generate=True)
+    ref_ids = out.sequences[0, len(prompt):].tolist()
+    for scores in out.scores:
+        top2 = torch.topk(scores[0], 2).values
+        assert top2[0] - top2[1] > min_margin, "the reference's margin is smaller than the test assumes"
+    engine.reset()
+    ours = greedy(engine.decode, engine.prefill(prompt), 12)
+    assert ours == ref_ids
+    if prompt is CHAT_PROMPT:
+        assert ours[:7] == [504, 3575, 282, 4649, 314, 7042, 30]  # "The capital of France is Paris."
