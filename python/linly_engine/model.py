@@ -17,8 +17,10 @@ DENSE = ("f32", "f16", "bf16")
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Reads any supported source into the canonical tensor set."""
-    from linly_engine.formats import gguf, hf
+    """Reads any supported source into the canonical tensor set: a Hugging Face folder, a
+    GGUF file, a Meta folder (params.json + consolidated.*.pth) or a TencentPretrain
+    .bin (file, or folder with its config JSON)."""
+    from linly_engine.formats import gguf, hf, meta
 
     p = Path(path)
     if not p.exists():
@@ -27,8 +29,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return hf.load_hf(p)
     if p.is_file() and gguf.is_gguf(p):
         return gguf.load_gguf(p)
+    if meta.is_meta_folder(p):
+        return meta.load_meta(p)
+    if meta.is_tencentpretrain(p):
+        return meta.load_tencentpretrain(p)
     raise ValueError(f"{p}: not a model this engine reads (expected a Hugging Face folder with config.json, "
-                     "or a .gguf file)")
+                     "a .gguf file, a Meta folder with params.json, or a TencentPretrain .bin)")
 
 
 def pack(t: Tensor, quant: str | None) -> _C.PackedMatrix:

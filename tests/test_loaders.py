@@ -1,0 +1,73 @@
+"""Every loader yields the same model: one random transformers LLaMA written as HF
+safetensors, HF .bin, Meta .pth (one and two shards), TencentPretrain .bin and GGUF."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import checkpoints as ck  # noqa: E402
+
+import linly_engine as le  # noqa: E402
+
+IDS = [3, 17, 42, 99, 7, 150, 201, 11]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=211, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   rms_norm_eps=1e-5, initializer_range=0.15, tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    root = tmp_path_factory.mktemp("ckpt")
+    model.save_pretrained(root / "hf", safe_serialization=True)
+    with torch.no_grad():
+        want = model(torch.tensor([IDS])).logits[0].numpy()
+    return model, root, want
+
+
+def engine_logits(path) -> np.ndarray:
+    return le.Model.load(path, quant="f32").prefill(IDS, all_logits=True)
+
+
+def check(got, want):
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_hf_safetensors(source):
+    _, root, want = source
+    check(engine_logits(root / "hf"), want)
+
+
+def test_hf_bin(source):
+    model, root, want = source
+    check(engine_logits(ck.write_torch_bin_folder(model, root / "hf_bin")), want)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_meta_pth(source, shards):
+    model, root, want = source
+    check(engine_logits(ck.write_meta_folder(model, root / f"meta{shards}", shards)), want)
+
+
+def test_tencentpretrain_bin(source):
+    model, root, want = source
+    check(engine_logits(ck.write_tencentpretrain(model, root / "tp")), want)
+
+
+def test_gguf_f32(source):
+    model, root, want = source
+    check(engine_logits(ck.write_gguf(model, root / "m.gguf")), want)
+
+
+def test_gguf_q8_0_used_as_stored(source):
+    model, root, want = source
+    path = ck.write_gguf(model, root / "m_q8.gguf", "Q8_0")
+    m = le.Model.load(path)
+    assert m.info()["matrix_formats"] == {"q8_0": 16}
+    got = m.prefill(IDS, all_logits=True)
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()  # q8_0 weight rounding only
