@@ -1,4 +1,5 @@
 #include "bindings/py_packed_matrix.h"
+#include "quant/panel.h"
 
 namespace linly::py_bind {
 
@@ -11,6 +12,29 @@ PyPackedMatrix::PyPackedMatrix(py::array d, const std::string& fmt_name, int64_t
   const int64_t n = data.shape(0);
   py::gil_scoped_release nogil;
   mat = std::make_unique<PackedMatrix>(fmt, n, k, plain, kt);
+}
+
+std::unique_ptr<PyPackedMatrix> PyPackedMatrix::from_panels(py::array panels, const std::string& fmt_name, int64_t n,
+                                                            int64_t k, const py::object& isa) {
+  const Format fmt = parse_format_or_throw(fmt_name);
+  require_k(fmt, k);
+  if (!format_has_panels(fmt))
+    throw py::value_error(std::string(format_info(fmt).name) + " has no panel layout; store it as rows");
+  if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
+  const int64_t need = panel_count(n) * panel_layout(fmt, k).panel_bytes;
+  if (panels.dtype().kind() != 'u' || panels.itemsize() != 1 || panels.ndim() != 1 ||
+      !(panels.flags() & py::array::c_style))
+    throw py::value_error("panels must be a contiguous 1-D uint8 array");
+  if (panels.shape(0) != need)
+    throw py::value_error("panels hold " + std::to_string(panels.shape(0)) + " bytes but " + format_info(fmt).name +
+                          " [" + std::to_string(n) + ", " + std::to_string(k) + "] needs " + std::to_string(need));
+  const KernelTable& kt = kernels_or_default(isa);
+  std::unique_ptr<PyPackedMatrix> p(new PyPackedMatrix());
+  p->data = std::move(panels);
+  const auto* bytes = static_cast<const uint8_t*>(p->data.data());
+  py::gil_scoped_release nogil;
+  p->mat = std::make_unique<PackedMatrix>(fmt, n, k, bytes, kt, PackedMatrix::Layout::Panels);
+  return p;
 }
 
 py::array PyPackedMatrix::matmul(const py::array& x, bool precise) const {
@@ -46,10 +70,17 @@ void bind_packed_matrix(py::module_& m) {
       .def_property_readonly("k", [](const PyPackedMatrix& p) { return p.mat->k(); })
       .def_property_readonly("fmt", [](const PyPackedMatrix& p) { return std::string(format_info(p.mat->format()).name); })
       .def_property_readonly("isa", [](const PyPackedMatrix& p) { return std::string(p.mat->kernels().name); })
-      .def_property_readonly("repacked", [](const PyPackedMatrix& p) { return p.mat->repacked(); })
+      .def_static("from_panels", &PyPackedMatrix::from_panels, py::arg("panels"), py::arg("fmt"), py::arg("n"),
+                  py::arg("k"), py::arg("isa") = py::none(),
+                  "From uint8 bytes already in the 16-row panel layout (used in place when the ISA reads panels).")
+      .def_property_readonly("copied", [](const PyPackedMatrix& p) { return p.mat->copied(); },
+                             "True if construction made a converted copy of the weights.")
+      .def_property_readonly("layout", [](const PyPackedMatrix& p) {
+        return std::string(p.mat->uses_panels() ? "panel16" : "rows");
+      }, "The layout the kernels read.")
       .def_property_readonly("weight_bytes", [](const PyPackedMatrix& p) { return p.mat->weight_bytes(); },
                              "Bytes one matmul streams from memory.")
-      .def_property_readonly("data", [](const PyPackedMatrix& p) { return p.data; }, "The on-disk bytes.")
+      .def_property_readonly("data", [](const PyPackedMatrix& p) { return p.data; }, "The bytes it was made from.")
       .def("__repr__", [](const PyPackedMatrix& p) {
         return "PackedMatrix(fmt=" + std::string(format_info(p.mat->format()).name) + ", n=" +
                std::to_string(p.mat->n()) + ", k=" + std::to_string(p.mat->k()) + ", isa=" + p.mat->kernels().name + ")";

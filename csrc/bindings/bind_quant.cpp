@@ -117,6 +117,13 @@ void bind_quant(py::module_& m) {
   }, py::arg("x"), py::arg("data"), py::arg("fmt"), py::arg("k"), py::arg("precise") = false,
      "Single-threaded scalar reference of y = x · Wᵀ on the on-disk layout.");
 
+  m.def("panel_bytes", [](const std::string& name, int64_t k) {
+    const Format f = parse_format_or_throw(name);
+    require_k(f, k);
+    if (!format_has_panels(f)) throw py::value_error(std::string(format_info(f).name) + " has no panel layout");
+    return panel_layout(f, k).panel_bytes;
+  }, py::arg("fmt"), py::arg("k"), "Bytes of one 16-row panel.");
+
   m.def("repack_panels", [](const py::array& data, const std::string& fmt_name, int64_t k) {
     const Format fmt = parse_format_or_throw(fmt_name);
     require_packed_rows(data, fmt, k);

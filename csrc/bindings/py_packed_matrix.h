@@ -13,7 +13,14 @@ struct PyPackedMatrix {
   std::unique_ptr<PackedMatrix> mat;
 
   PyPackedMatrix(py::array d, const std::string& fmt_name, int64_t k, const py::object& isa);
+  // From bytes already in the 16-row panel layout (a packed .linly file): no copy when
+  // the selected ISA reads panels.
+  static std::unique_ptr<PyPackedMatrix> from_panels(py::array panels, const std::string& fmt_name, int64_t n,
+                                                     int64_t k, const py::object& isa);
   py::array matmul(const py::array& x, bool precise) const;
+
+ private:
+  PyPackedMatrix() = default;
 };
 
 }  // namespace linly::py_bind

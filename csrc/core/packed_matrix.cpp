@@ -8,24 +8,45 @@
 
 namespace linly {
 
-PackedMatrix::PackedMatrix(Format fmt, int64_t n, int64_t k, const uint8_t* plain, const KernelTable& kernels)
-    : fmt_(fmt), n_(n), k_(k), plain_(plain), kernels_(&kernels) {
-  if (kernels.uses_panels && format_has_panels(fmt)) {
-    panels_ = AlignedBuffer(panel_count(n) * panel_layout(fmt, k).panel_bytes);
+PackedMatrix::PackedMatrix(Format fmt, int64_t n, int64_t k, const uint8_t* bytes, const KernelTable& kernels,
+                           Layout layout)
+    : fmt_(fmt), n_(n), k_(k), kernels_(&kernels) {
+  const bool want_panels = kernels.uses_panels && format_has_panels(fmt);
+  if (layout == Layout::Panels) panels_ = bytes;
+  else plain_ = bytes;
+  if (want_panels && !panels_) {
     const int64_t pb = panel_layout(fmt, k).panel_bytes, rb = row_bytes(fmt, k);
-    uint8_t* out = panels_.data();
+    owned_ = AlignedBuffer(panel_count(n) * pb);
+    uint8_t* out = owned_.data();
     global_pool()->parallel_for(panel_count(n), [&](int64_t p0, int64_t p1) {
       const int64_t r0 = p0 * kPanelRows, r1 = p1 * kPanelRows < n ? p1 * kPanelRows : n;
-      repack_to_panels(fmt, plain + r0 * rb, r1 - r0, k, out + p0 * pb);
+      repack_to_panels(fmt, bytes + r0 * rb, r1 - r0, k, out + p0 * pb);
     });
+    panels_ = out;
+  } else if (!want_panels && !plain_) {  // e.g. the scalar path given a panel-stored file
+    owned_ = AlignedBuffer(n * row_bytes(fmt, k));
+    unpack_from_panels(fmt, bytes, n, k, owned_.data());
+    plain_ = owned_.data();
+    panels_ = nullptr;
   }
+  if (!want_panels) panels_ = nullptr;
 }
 
 void PackedMatrix::dequantize_row(int64_t r, float* out) const {
-  linly::dequantize_row(fmt_, plain_ + r * row_bytes(fmt_, k_), out, k_);
+  const int64_t rb = row_bytes(fmt_, k_);
+  if (plain_) {
+    linly::dequantize_row(fmt_, plain_ + r * rb, out, k_);
+    return;
+  }
+  thread_local std::vector<uint8_t> row;
+  if ((int64_t)row.size() < rb) row.resize(rb);
+  panel_row_to_plain(fmt_, panels_, k_, r, row.data());
+  linly::dequantize_row(fmt_, row.data(), out, k_);
 }
 
-int64_t PackedMatrix::weight_bytes() const { return repacked() ? panels_.size() : n_ * row_bytes(fmt_, k_); }
+int64_t PackedMatrix::weight_bytes() const {
+  return panels_ ? panel_count(n_) * panel_layout(fmt_, k_).panel_bytes : n_ * row_bytes(fmt_, k_);
+}
 
 void quantize_activations(const KernelTable& kt, const float* x, int64_t m, int64_t k, block_q8_act* out) {
   const int64_t nb = k / QK;
@@ -39,7 +60,7 @@ void quantize_activations(const KernelTable& kt, const float* x, int64_t m, int6
 }
 
 void PackedMatrix::matmul(const float* x, int64_t m, float* y, bool precise) const {
-  MatmulArgs a{fmt_, repacked() ? panels_.data() : plain_, repacked(), n_, k_, m, x, nullptr, y, precise};
+  MatmulArgs a{fmt_, panels_ ? panels_ : plain_, panels_ != nullptr, n_, k_, m, x, nullptr, y, precise};
   // Activation blocks live in a per-thread scratch that only grows: no allocation per
   // token once the largest batch has been seen.
   thread_local std::vector<block_q8_act> scratch;
@@ -50,7 +71,7 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, bool precise) con
     a.xq = scratch.data();
     a.x = nullptr;
   }
-  const int64_t units = repacked() ? panel_count(n_) : n_;
+  const int64_t units = panels_ ? panel_count(n_) : n_;
   const KernelTable* kt = kernels_;
   global_pool()->parallel_for(units, [&](int64_t b, int64_t e) { kt->matmul(a, b, e); });
 }

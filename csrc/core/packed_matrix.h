@@ -10,10 +10,13 @@ namespace linly {
 
 class PackedMatrix {
  public:
-  // `plain` holds n rows of row_bytes(fmt, k) in the on-disk layout; it is borrowed and
-  // must outlive this object. If the kernels want panels, a repacked copy is made here
-  // (the only copy: the scalar path and dense formats read `plain` in place).
-  PackedMatrix(Format fmt, int64_t n, int64_t k, const uint8_t* plain, const KernelTable& kernels);
+  enum class Layout { Rows, Panels };
+  // `bytes` holds the matrix in `layout`: n rows of row_bytes(fmt, k) (the on-disk row
+  // layout), or panel_count(n) panels (panel.h). They are borrowed and must outlive this
+  // object. When the layout is not the one the kernels read, a converted copy is made
+  // here; otherwise the bytes are used in place (a memory-mapped file stays mapped).
+  PackedMatrix(Format fmt, int64_t n, int64_t k, const uint8_t* bytes, const KernelTable& kernels,
+               Layout layout = Layout::Rows);
 
   // x: [m, k] f32 row-major; y: [m, n] f32 row-major. Threads from the global pool.
   // precise: integer formats also use the activation residual (formats.h); ignored by
@@ -26,16 +29,19 @@ class PackedMatrix {
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
   const KernelTable& kernels() const { return *kernels_; }
-  bool repacked() const { return panels_.size() > 0; }
-  // Bytes a matmul streams from memory (the repacked copy when there is one).
+  bool uses_panels() const { return panels_ != nullptr; }
+  // True when construction made a converted copy (memory beyond the borrowed bytes).
+  bool copied() const { return owned_.size() > 0; }
+  // Bytes a matmul streams from memory.
   int64_t weight_bytes() const;
 
  private:
   Format fmt_;
   int64_t n_, k_;
-  const uint8_t* plain_;
   const KernelTable* kernels_;
-  AlignedBuffer panels_;
+  const uint8_t* plain_ = nullptr;   // on-disk rows, when available
+  const uint8_t* panels_ = nullptr;  // panels, when the kernels read them
+  AlignedBuffer owned_;              // the converted copy, if one was needed
 };
 
 // Quantises x [m, k] into activation blocks [m, k/32], split over the pool by rows.

@@ -24,7 +24,7 @@ PlainBlock plain_block(Format f) {
 // Visits every (row, 32-block, byte) of a panel, pairing the panel offset with the
 // on-disk offset; `Copy` decides the direction.
 template <class Copy>
-void walk_panel(Format f, int64_t k, int64_t rows, Copy copy) {
+void walk_panel(Format f, int64_t k, int64_t r0, int64_t r1, Copy copy) {
   const FormatInfo& fi = format_info(f);
   const PlainBlock pb = plain_block(f);
   const PanelLayout L = panel_layout(f, k);
@@ -32,7 +32,7 @@ void walk_panel(Format f, int64_t k, int64_t rows, Copy copy) {
   const int sub = fi.block_elems / QK;  // 32-blocks per on-disk block (G/32 for q4_g)
   const int qpb = pb.qs_bytes_per_32;
   const int64_t rb = row_bytes(f, k);
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t blk = b / sub, c = b % sub;
       const int64_t src_blk = r * rb + blk * fi.block_bytes;
@@ -73,7 +73,7 @@ void repack_to_panels(Format f, const uint8_t* plain, int64_t n, int64_t k, uint
     std::memset(dst, 0, (size_t)L.panel_bytes);
     const int64_t rows = n - p * kPanelRows < kPanelRows ? n - p * kPanelRows : kPanelRows;
     const uint8_t* src = plain + p * kPanelRows * rb;
-    walk_panel(f, k, rows, [&](int64_t po, int64_t so, int len) { std::memcpy(dst + po, src + so, len); });
+    walk_panel(f, k, 0, rows, [&](int64_t po, int64_t so, int len) { std::memcpy(dst + po, src + so, len); });
   }
 }
 
@@ -85,8 +85,17 @@ void unpack_from_panels(Format f, const uint8_t* panels, int64_t n, int64_t k, u
     const uint8_t* src = panels + p * L.panel_bytes;
     const int64_t rows = n - p * kPanelRows < kPanelRows ? n - p * kPanelRows : kPanelRows;
     uint8_t* dst = plain + p * kPanelRows * rb;
-    walk_panel(f, k, rows, [&](int64_t po, int64_t so, int len) { std::memcpy(dst + so, src + po, len); });
+    walk_panel(f, k, 0, rows, [&](int64_t po, int64_t so, int len) { std::memcpy(dst + so, src + po, len); });
   }
+}
+
+void panel_row_to_plain(Format f, const uint8_t* panels, int64_t k, int64_t row, uint8_t* plain_row) {
+  const PanelLayout L = panel_layout(f, k);
+  const int64_t rb = row_bytes(f, k), r = row % kPanelRows;
+  const uint8_t* src = panels + (row / kPanelRows) * L.panel_bytes;
+  std::memset(plain_row, 0, (size_t)rb);
+  // walk_panel offsets on-disk bytes from the panel's first row; shift them to this row.
+  walk_panel(f, k, r, r + 1, [&](int64_t po, int64_t so, int len) { std::memcpy(plain_row + so - r * rb, src + po, len); });
 }
 
 }  // namespace linly

@@ -42,5 +42,7 @@ static inline int64_t panel_count(int64_t n) { return (n + kPanelRows - 1) / kPa
 void repack_to_panels(Format f, const uint8_t* plain, int64_t n, int64_t k, uint8_t* out);
 // The inverse, for tests and for writing a repacked matrix back out.
 void unpack_from_panels(Format f, const uint8_t* panels, int64_t n, int64_t k, uint8_t* plain);
+// One row back in the on-disk layout (an embedding lookup on a panel-stored matrix).
+void panel_row_to_plain(Format f, const uint8_t* panels, int64_t k, int64_t row, uint8_t* plain_row);
 
 }  // namespace linly

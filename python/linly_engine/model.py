@@ -17,18 +17,19 @@ DENSE = ("f32", "f16", "bf16")
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Reads any supported source into the canonical tensor set: a Hugging Face folder, a
-    GGUF file, a Meta folder (params.json + consolidated.*.pth) or a TencentPretrain
+    """Reads any supported source into the canonical tensor set: a packed .linly file, a
+    Hugging Face folder, a GGUF file, a Meta folder (params.json + consolidated.*.pth) or a TencentPretrain
     .bin (file, or folder with its config JSON)."""
-    from linly_engine.formats import gguf, hf, meta
+    from linly_engine.formats import gguf, hf, meta, packed
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no model at {p}")
     if hf.is_hf_folder(p):
         return hf.load_hf(p)
-    if p.is_file() and gguf.is_gguf(p):
-        return gguf.load_gguf(p)
+    if p.is_file() and gguf.is_gguf(p):  # a .linly file is a GGUF container too: parse once
+        reader = gguf._reader(p)
+        return packed.read_packed(p, reader) if packed.is_packed_reader(reader) else gguf.load_gguf(p, reader)
     if meta.is_meta_folder(p):
         return meta.load_meta(p)
     if meta.is_tencentpretrain(p):
@@ -39,12 +40,15 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def pack(t: Tensor, quant: str | None) -> _C.PackedMatrix:
     """A weight matrix as the decoder runs it. quant=None keeps the source format
-    (GGUF blocks as they are, f16/bf16/f32 in place); otherwise converts to `quant`."""
+    (GGUF blocks as they are, f16/bf16/f32 and packed panels in place); otherwise
+    converts to `quant`."""
     n, k = t.shape
     target = quant or t.fmt
     if target == t.fmt:
-        data = np.ascontiguousarray(t.array).view(np.uint8).reshape(n, -1)  # zero-copy where possible
-        return _C.PackedMatrix(data, target, k)
+        raw = np.ascontiguousarray(t.array).view(np.uint8)  # zero-copy where possible
+        if t.layout == "panel16":
+            return _C.PackedMatrix.from_panels(raw.reshape(-1), target, n, k)
+        return _C.PackedMatrix(raw.reshape(n, -1), target, k)
     block = _C.format_info(target)["block_elems"]
     if k % block:
         target = "f16" if target not in DENSE else target  # K the format can't block: keep precision

@@ -16,6 +16,7 @@ class Tensor:
     array: np.ndarray
     fmt: str  # "f32" | "f16" | "bf16" | "q4_0" | "q4_1" | "q8_0" | "q4_g32" | ...
     shape: tuple[int, ...]  # logical shape: (n, k) for matrices, (n,) for vectors
+    layout: str = "rows"  # "rows": on-disk rows of blocks; "panel16": the kernels' layout (panel.h)
 
     def to_f32(self) -> np.ndarray:
         """The weight as float32 of its logical shape (dequantising if needed)."""
@@ -28,9 +29,17 @@ class Tensor:
         if self.fmt == "bf16":
             bits = np.asarray(self.array).view(np.uint16).astype(np.uint32) << 16
             return bits.view(np.float32).reshape(self.shape)
+        return _C.dequantize(self.row_bytes(), self.fmt, self.shape[-1]).reshape(self.shape)
+
+    def row_bytes(self) -> np.ndarray:
+        """The weight as uint8 [n, bytes_per_row] in the on-disk row layout."""
+        from linly_engine import _C
+
         rows = self.shape[0] if len(self.shape) == 2 else 1
-        data = np.ascontiguousarray(self.array).view(np.uint8).reshape(rows, -1)
-        return _C.dequantize(data, self.fmt, self.shape[-1]).reshape(self.shape)
+        raw = np.ascontiguousarray(self.array).view(np.uint8)
+        if self.layout == "panel16":
+            return _C.unpack_panels(raw.reshape(-1), self.fmt, rows, self.shape[-1])
+        return raw.reshape(rows, -1)
 
 
 @dataclass

@@ -53,6 +53,18 @@ def _field(reader, key: str, default: Any = None) -> Any:
         raise CheckpointError(f"GGUF metadata '{key}' is malformed") from None
 
 
+def tokenizer_fields(reader) -> dict[str, tuple[Any, Any, Any]]:
+    """Every ``tokenizer.*`` field as (value, GGUF type, array element type), to copy verbatim."""
+    out = {}
+    for key, f in reader.fields.items():
+        if key.startswith("tokenizer."):
+            try:
+                out[key] = (f.contents(), f.types[0], f.types[-1] if len(f.types) > 1 else None)
+            except Exception:
+                raise CheckpointError(f"GGUF metadata '{key}' is malformed") from None
+    return out
+
+
 def canonical_name(name: str) -> str | None:
     if name in GLOBAL_NAMES:
         return GLOBAL_NAMES[name]
@@ -68,11 +80,11 @@ def unpermute_rows(a: np.ndarray, n_head: int) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(n_head, rows // n_head // 2, 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape))
 
 
-def load_gguf(path: str | Path) -> Checkpoint:
+def load_gguf(path: str | Path, reader=None) -> Checkpoint:
     import gguf
 
     path = Path(path)
-    r = _reader(path)
+    r = reader if reader is not None else _reader(path)
     arch = _field(r, "general.architecture")
     if arch not in ("llama", "qwen2"):
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported (supported: llama, qwen2)")
@@ -134,7 +146,7 @@ def load_gguf(path: str | Path) -> Checkpoint:
         tensors[name] = Tensor(arr, fmt, shape)
     if "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
-    meta = {"tokens": tokens, "chat_template": _field(r, "tokenizer.chat_template"),
+    meta = {"gguf_tokenizer_fields": tokenizer_fields(r), "chat_template": _field(r, "tokenizer.chat_template"),
             "bos_token_id": _field(r, "tokenizer.ggml.bos_token_id"),
             "eos_token_id": _field(r, "tokenizer.ggml.eos_token_id")}
     return Checkpoint(config, tensors, str(path), meta)

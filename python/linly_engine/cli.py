@@ -1,0 +1,97 @@
+"""``linly``: the command line. Thin: parse arguments, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+QUANTS = ["q4_0", "q4_1", "q8_0", "q4_g32", "q4_g64", "q4_g128", "f16", "bf16", "f32"]
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from linly_engine.formats.packed import write_packed
+    from linly_engine.model import load_checkpoint
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"linly convert: {out} exists; pass --force to overwrite it", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    ck = load_checkpoint(args.src)
+    # disable=None: no bar when stderr is not a terminal (logs, CI)
+    with tqdm(total=len(ck.tensors), unit="tensor", desc="converting", disable=True if args.quiet else None) as bar:
+        summary = write_packed(ck, out, None if args.quant == "keep" else args.quant,
+                               progress=lambda name: (bar.set_postfix_str(name[-40:]), bar.update(1)))
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    print(f"wrote {summary['path']}: {summary['bytes'] / 1e6:.1f} MB, {summary['parameters'] / 1e6:.1f} M parameters, "
+          f"{summary['bits_per_weight']:.2f} bits/weight, {summary['seconds']} s")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from linly_engine.formats.packed import verify
+
+    result = verify(args.file)
+    print(f"OK {result['path']}: {result['tensors']} tensors, sha256 {result['sha256']} ({result['tool']})")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from linly_engine.model import Model
+
+    info = Model.load(args.model, max_context=args.max_context).info()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        width = max(len(k) for k in info)
+        for k, v in info.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="linly", description="Run LLaMA-family models (Chinese ones first) fast on CPUs.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("convert", help="convert a checkpoint into the engine's packed .linly file",
+                       description="Reads a Hugging Face folder, GGUF file, Meta folder or TencentPretrain .bin and "
+                                   "writes one memory-mappable .linly file.")
+    c.add_argument("src", help="the source checkpoint")
+    c.add_argument("out", help="the .linly file to write")
+    c.add_argument("--quant", choices=QUANTS + ["keep"], default="q4_0",
+                   help="weight format of the matrices (default q4_0; 'keep' keeps the source's)")
+    c.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_convert)
+
+    v = sub.add_parser("verify", help="check a .linly file's checksum")
+    v.add_argument("file")
+    v.set_defaults(func=cmd_verify)
+
+    i = sub.add_parser("info", help="describe a model: architecture, formats, sizes")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--max-context", type=int, default=None, help="KV cache size to report (default: up to 4096)")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as e:  # CheckpointError is a ValueError
+        print(f"linly {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"linly {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

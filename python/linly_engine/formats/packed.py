@@ -1,0 +1,189 @@
+"""The engine's own model file (``.linly``): a GGUF container holding the canonical
+tensor set, ready to memory-map and run in place.
+
+Why GGUF: it is the well-known single-file container for this job (typed key-value
+metadata, aligned tensor data, memory-mappable, readable by gguf-py and llama.cpp's
+tools), and it needs no code of our own to parse. What is ours is the content:
+
+- ``linly.format_version`` (1), ``linly.tool``, ``linly.source``: provenance;
+- ``linly.config``: the decoder config (JSON); a tied LM head is stored once, as the
+  embedding, with ``tie_word_embeddings`` true;
+- ``linly.tensors``: JSON ``{name: {"fmt", "shape", "layout"}}``. Integer formats are
+  stored in the kernels' 16-row panel layout (``csrc/quant/panel.h``), so the SIMD paths
+  use the mapped bytes without a copy; every tensor is stored as raw bytes (GGUF type I8)
+  because q4_g and panels have no GGUF type of their own;
+- ``linly.sha256``: the SHA-256 of all tensor bytes in ``linly.tensors`` order,
+  checked by ``verify`` (not at every load: hashing gigabytes costs seconds);
+- ``tokenizer.*`` fields copied from a GGUF source, and ``linly.file.<name>`` byte arrays
+  with a Hugging Face source's tokenizer and generation files.
+
+Writes go to a temporary name in the same folder and are renamed into place only when
+complete, so an interrupted conversion never leaves a half-written file under the name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from linly_engine.formats.checkpoint import Checkpoint, Tensor
+from linly_engine.formats.hf import CheckpointError
+
+FORMAT_VERSION = 1
+PANEL_FORMATS = ("q4_0", "q4_1", "q8_0", "q4_g32", "q4_g64", "q4_g128")
+HF_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+            "generation_config.json")
+MATRIX_NAMES = ("_proj.weight", "embed_tokens.weight", "lm_head.weight")
+
+
+def is_packed_reader(reader) -> bool:
+    """Whether a parsed GGUF file is one of ours."""
+    return reader.get_field("linly.format_version") is not None
+
+
+def convert_tensor(t: Tensor, target: str) -> Tensor:
+    """One weight in the packed file's representation (target format; panels for integer formats)."""
+    from linly_engine import _C
+
+    n, k = t.shape
+    if target != "f32" and k % _C.format_info(target)["block_elems"]:
+        target = "f16"  # a K the block format can't split: keep it dense
+    rows = t.row_bytes() if t.fmt == target else _C.quantize(t.to_f32(), target)
+    if target in PANEL_FORMATS:
+        return Tensor(_C.repack_panels(rows, target, k), target, (n, k), "panel16")
+    return Tensor(rows, target, (n, k), "rows")
+
+
+def write_packed(ck: Checkpoint, out: str | Path, quant: str | None,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Converts `ck` (matrices to `quant`, or kept as they are when None) and writes it
+    atomically to `out`. Returns a summary (bytes, parameters, bits per weight)."""
+    import gguf
+
+    from linly_engine import __version__
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    converted: dict[str, Tensor] = {}
+    params = 0
+    tied = ck.tensors.get("lm_head.weight") is ck.tensors.get("model.embed_tokens.weight")
+    for name, t in ck.tensors.items():
+        if progress:
+            progress(name)
+        if tied and name == "lm_head.weight":  # stored once, as the embedding
+            continue
+        if len(t.shape) == 2 and name.endswith(MATRIX_NAMES):
+            c = convert_tensor(t, quant or t.fmt)
+        else:
+            c = Tensor(np.ascontiguousarray(t.to_f32()), "f32", t.shape)
+        converted[name] = c
+        params += int(np.prod(t.shape))
+
+    digest = hashlib.sha256()
+    table = {}
+    for name, t in converted.items():
+        raw = np.ascontiguousarray(t.array).view(np.uint8).reshape(-1)
+        digest.update(memoryview(raw))
+        table[name] = {"fmt": t.fmt, "shape": list(t.shape), "layout": t.layout}
+    w = gguf.GGUFWriter(str(tmp), ck.config.get("architecture", "llama"))
+    try:
+        w.add_custom_alignment(64)
+        w.add_uint32("linly.format_version", FORMAT_VERSION)
+        w.add_string("linly.tool", f"linly-engine {__version__}")
+        w.add_string("linly.source", str(ck.source))
+        w.add_string("linly.config", json.dumps({**ck.config, "tie_word_embeddings": tied}))
+        w.add_string("linly.tensors", json.dumps(table))
+        w.add_string("linly.sha256", digest.hexdigest())
+        _copy_tokenizer(ck, w)
+        for name, t in converted.items():
+            raw = np.ascontiguousarray(t.array).view(np.int8).reshape(-1)
+            w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.I8)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, out)
+    except BaseException:  # includes KeyboardInterrupt: never leave the temporary behind
+        w.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    size = out.stat().st_size
+    return {"path": str(out), "bytes": size, "parameters": params, "bits_per_weight": 8 * size / max(params, 1)}
+
+
+def _copy_tokenizer(ck: Checkpoint, w) -> None:
+    import gguf
+
+    fields = ck.metadata.get("gguf_tokenizer_fields") or {}
+    for key, (value, vtype, sub) in fields.items():
+        w.add_key_value(key, value, vtype, sub)
+    folder = Path(ck.source)
+    if folder.is_dir():
+        for name in HF_FILES:
+            f = folder / name
+            if f.is_file():
+                w.add_key_value(f"linly.file.{name}", list(f.read_bytes()), gguf.GGUFValueType.ARRAY,
+                                gguf.GGUFValueType.UINT8)
+
+
+def read_packed(path: str | Path, reader=None) -> Checkpoint:
+    from linly_engine.formats.gguf import _field, _reader, tokenizer_fields
+
+    path = Path(path)
+    r = reader if reader is not None else _reader(path)
+    version = _field(r, "linly.format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: packed format version {version} is not supported by this engine "
+                              f"(it reads version {FORMAT_VERSION}); convert the model again")
+    try:
+        config = json.loads(_field(r, "linly.config"))
+        table = json.loads(_field(r, "linly.tensors"))
+    except (TypeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: the model's config or tensor table is missing or corrupt") from None
+    data = {t.name: t.data for t in r.tensors}
+    tensors: dict[str, Tensor] = {}
+    for name, spec in table.items():
+        if name not in data:
+            raise CheckpointError(f"{path}: tensor {name} is listed but absent; the file is corrupt")
+        raw = np.asarray(data[name]).view(np.uint8).reshape(-1)
+        t = Tensor(raw, spec["fmt"], tuple(spec["shape"]), spec["layout"])
+        expected = _expected_bytes(t)
+        if raw.size != expected:
+            raise CheckpointError(f"{path}: tensor {name} has {raw.size} bytes but {spec['fmt']} "
+                                  f"{spec['shape']} ({spec['layout']}) needs {expected}; the file is corrupt")
+        if t.fmt == "f32":
+            t = Tensor(raw.view(np.float32).reshape(t.shape), "f32", t.shape)
+        tensors[name] = t
+    if config.get("tie_word_embeddings") and "model.embed_tokens.weight" in tensors:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    meta = {"tool": _field(r, "linly.tool"), "sha256": _field(r, "linly.sha256"), "stored": list(table),
+            "gguf_tokenizer_fields": tokenizer_fields(r)}
+    return Checkpoint(config, tensors, _field(r, "linly.source") or str(path), meta)
+
+
+def _expected_bytes(t: Tensor) -> int:
+    from linly_engine import _C
+
+    k = t.shape[-1]
+    rows = t.shape[0] if len(t.shape) == 2 else 1
+    if t.layout == "panel16":
+        return _C.panel_bytes(t.fmt, k) * ((rows + 15) // 16)
+    return rows * _C.row_bytes(t.fmt, k)
+
+
+def verify(path: str | Path) -> dict[str, Any]:
+    """Re-hashes every tensor; raises CheckpointError if the file is not what was written."""
+    ck = read_packed(path)
+    digest = hashlib.sha256()
+    for name in ck.metadata["stored"]:
+        digest.update(memoryview(np.ascontiguousarray(ck.tensors[name].array).view(np.uint8).reshape(-1)))
+    if digest.hexdigest() != ck.metadata["sha256"]:
+        raise CheckpointError(f"{path}: checksum mismatch (stored {ck.metadata['sha256'][:16]}…, "
+                              f"computed {digest.hexdigest()[:16]}…): the file is corrupt; convert it again")
+    return {"path": str(path), "tensors": len(ck.metadata["stored"]), "sha256": digest.hexdigest(),
+            "tool": ck.metadata["tool"]}
