@@ -196,3 +196,19 @@ def test_precise_activations_cut_the_error(fmt, rng):
     err_fast = np.abs(mat.matmul(x) - exact).mean()
     err_precise = np.abs(mat.matmul(x, precise=True) - exact).mean()
     assert err_precise < err_fast / 50
+
+
+@pytest.mark.parametrize("f16_cache", [False, True], ids=["f32_cache", "f16_cache"])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("hd,length", [(64, 1), (64, 7), (128, 1000), (80, 33), (6, 5)])
+def test_attention_kernels_match_reference(isa, hd, length, f16_cache, rng):
+    q = rng.standard_normal(hd).astype(np.float32) * 2
+    k = rng.standard_normal((length, hd)).astype(np.float32)
+    v = rng.standard_normal((length, hd)).astype(np.float32)
+    got = _C.attention_head(q, k, v, isa, f16_cache)
+    ref = _C.attention_head(q, k, v, "scalar", f16_cache)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    if not f16_cache:  # and the reference means softmax(q·kᵀ/√hd)·v
+        s = (k.astype(np.float64) @ q) / np.sqrt(hd)
+        p = np.exp(s - s.max())
+        np.testing.assert_allclose(ref, (p / p.sum()) @ v, rtol=1e-5, atol=1e-6)

@@ -31,7 +31,7 @@ def source(tmp_path_factory):
 
 
 def engine_logits(path) -> np.ndarray:
-    return le.Model.load(path, quant="f32").prefill(IDS, all_logits=True)
+    return le.Model.load(path, quant="f32", kv_cache="f32").prefill(IDS, all_logits=True)
 
 
 def check(got, want):

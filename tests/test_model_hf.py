@@ -73,7 +73,7 @@ def test_llama_f32_matches_transformers(tmp_path, case):
     rng = np.random.default_rng(1)
     ids = rng.integers(0, 251, 7 + DECODE_STEPS).tolist()
     want = reference_logits(model, ids)
-    m = le.Model.load(path, quant="f32")
+    m = le.Model.load(path, quant="f32", kv_cache="f32")
     assert_close(run_engine(m, ids[:7], ids[7:]), want, 1e-4)
 
 
@@ -81,7 +81,7 @@ def test_qwen2_f32_matches_transformers(tmp_path):
     model, path = make_model(tmp_path, "qwen2", tie_word_embeddings=True)
     ids = np.random.default_rng(2).integers(0, 251, 9 + DECODE_STEPS).tolist()
     want = reference_logits(model, ids)
-    m = le.Model.load(path, quant="f32")
+    m = le.Model.load(path, quant="f32", kv_cache="f32")
     assert m.config["qkv_bias"]
     assert_close(run_engine(m, ids[:9], ids[9:]), want, 1e-4)
 
@@ -96,7 +96,7 @@ def test_f16_weights_and_cache(tmp_path):
 
 def test_prefill_in_pieces_equals_prefill_at_once(tmp_path):
     _, path = make_model(tmp_path)
-    m = le.Model.load(path, quant="f32")
+    m = le.Model.load(path, quant="f32", kv_cache="f32")
     ids = list(range(3, 40))
     whole = m.prefill(ids, all_logits=True)
     m.reset()
@@ -108,7 +108,7 @@ def test_prefill_in_pieces_equals_prefill_at_once(tmp_path):
 
 def test_context_overflow_and_bad_ids(tmp_path):
     _, path = make_model(tmp_path)
-    m = le.Model.load(path, quant="f32", max_context=16)
+    m = le.Model.load(path, quant="f32", kv_cache="f32", max_context=16)
     with pytest.raises(ValueError, match=r"20 tokens at position 0 exceed the context of 16 tokens"):
         m.prefill(list(range(20)))
     with pytest.raises(ValueError, match=r"token id 251 at index 1 is outside the vocabulary \[0, 251\)"):

@@ -45,7 +45,7 @@ def test_loads_as_published(engine):
 
 
 def test_f32_weights_reproduce_transformers_exactly(reference):
-    m = le.Model.load(GGUF, max_context=64, quant="f32")  # no int8 activations: pure model check
+    m = le.Model.load(GGUF, max_context=64, quant="f32", kv_cache="f32")  # nothing rounded: a pure model check
     with torch.no_grad():
         want = reference(torch.tensor([CHAT_PROMPT])).logits[0].numpy()
     got = m.prefill(CHAT_PROMPT, all_logits=True)
@@ -69,7 +69,7 @@ def test_quantised_logits_closer_to_transformers_than_llama_cpp(engine, referenc
 
 def test_fast_activations_are_llama_cpp_grade():
     fast = le.Model.load(GGUF, max_context=64, activations="int8")
-    ref = le.Model.load(GGUF, max_context=64, quant="f32")  # exact to transformers (test above)
+    ref = le.Model.load(GGUF, max_context=64, quant="f32", kv_cache="f32")  # exact to transformers
     want = ref.prefill(CHAT_PROMPT, all_logits=True)
     got = fast.prefill(CHAT_PROMPT, all_logits=True)
     assert np.abs(got - want).mean() < 0.35  # measured 0.27: same ballpark as llama.cpp's 0.21

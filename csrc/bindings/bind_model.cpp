@@ -4,6 +4,7 @@
 
 #include "bindings/py_packed_matrix.h"
 #include "model/llama.h"
+#include "runtime/dispatch.h"
 
 namespace linly::py_bind {
 
@@ -119,7 +120,7 @@ struct PyLlamaModel {
       mw.layers.push_back(L);
     }
     py::gil_scoped_release nogil;
-    model = std::make_unique<LlamaModel>(c, std::move(mw), kv_type, activations == "int8x2");
+    model = std::make_unique<LlamaModel>(c, std::move(mw), kv_type, activations == "int8x2", default_kernels());
   }
 
   py::array forward(const py::array& ids_in, bool all_logits) {
@@ -157,7 +158,7 @@ struct PyLlamaModel {
 void bind_model(py::module_& m) {
   py::class_<PyLlamaModel>(m, "LlamaModel", "The native LLaMA/Qwen2 decoder with its KV cache.")
       .def(py::init<const py::dict&, const py::dict&, const std::string&, const std::string&>(), py::arg("config"),
-           py::arg("weights"), py::arg("kv_cache") = "f32", py::arg("activations") = "int8x2")
+           py::arg("weights"), py::arg("kv_cache") = "f16", py::arg("activations") = "int8x2")
       .def("forward", &PyLlamaModel::forward, py::arg("ids"), py::arg("all_logits") = false,
            "Runs ids at the current position; returns the last logits [vocab] or all [n, vocab].")
       .def_property_readonly("position", [](const PyLlamaModel& p) { return p.model->position(); })

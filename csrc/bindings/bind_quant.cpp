@@ -5,7 +5,10 @@
 #include "core/packed_matrix.h"
 #include "quant/matmul_ref.h"
 #include "quant/panel.h"
+#include "quant/fp16.h"
 #include "quant/quantize.h"
+
+#include <cmath>
 #include "runtime/thread_pool.h"
 
 namespace linly::py_bind {
@@ -116,6 +119,37 @@ void bind_quant(py::module_& m) {
     return y;
   }, py::arg("x"), py::arg("data"), py::arg("fmt"), py::arg("k"), py::arg("precise") = false,
      "Single-threaded scalar reference of y = x · Wᵀ on the on-disk layout.");
+
+  m.def("attention_head", [](const py::array& q, const py::array& k, const py::array& v, const py::object& isa,
+                             bool f16_cache) {
+    require_f32(q, "q", 1, 1);
+    require_f32(k, "k", 2, 2);
+    require_f32(v, "v", 2, 2);
+    const int64_t hd = q.shape(0), len = k.shape(0);
+    if (k.shape(1) != hd || v.shape(0) != len || v.shape(1) != hd || len < 1)
+      throw py::value_error("need q [hd], k and v [len >= 1, hd]; got " + shape_str(q) + ", " + shape_str(k) + ", " +
+                            shape_str(v));
+    const KernelTable& kt = kernels_or_default(isa);
+    py::array_t<float> out(hd);
+    std::vector<float> scores((size_t)len);
+    const float* qp = static_cast<const float*>(q.data());
+    const float* kp = static_cast<const float*>(k.data());
+    const float* vp = static_cast<const float*>(v.data());
+    const float scale = 1.0f / std::sqrt((float)hd);
+    if (f16_cache) {
+      std::vector<uint16_t> kh((size_t)(len * hd)), vh((size_t)(len * hd));
+      for (size_t i = 0; i < kh.size(); ++i) { kh[i] = fp32_to_fp16(kp[i]); vh[i] = fp32_to_fp16(vp[i]); }
+      kt.attn_scores_f16(qp, kh.data(), hd, len, hd, scale, scores.data());
+      kt.softmax(scores.data(), len);
+      kt.attn_mix_f16(scores.data(), vh.data(), hd, len, hd, out.mutable_data());
+    } else {
+      kt.attn_scores_f32(qp, kp, hd, len, hd, scale, scores.data());
+      kt.softmax(scores.data(), len);
+      kt.attn_mix_f32(scores.data(), vp, hd, len, hd, out.mutable_data());
+    }
+    return out;
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("isa") = py::none(), py::arg("f16_cache") = false,
+     "softmax(q·kᵀ/√hd)·v for one head, through the given ISA's attention kernels; for tests.");
 
   m.def("panel_bytes", [](const std::string& name, int64_t k) {
     const Format f = parse_format_or_throw(name);

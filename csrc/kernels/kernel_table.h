@@ -30,12 +30,28 @@ struct KernelTable {
   // Reads `bytes` (multiple of 256, 64-byte aligned) with several independent
   // accumulators; returns a value that depends on every byte so nothing is elided.
   uint64_t (*read_checksum)(const uint8_t* p, int64_t bytes);
+  // Attention over one head (attention_ref.h has the meaning; these are its twins).
+  void (*attn_scores_f32)(const float* q, const float* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                          float* scores);
+  void (*attn_scores_f16)(const float* q, const uint16_t* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                          float* scores);
+  void (*softmax)(float* x, int64_t len);
+  void (*attn_mix_f32)(const float* p, const float* v, int64_t stride, int64_t len, int64_t hd, float* out);
+  void (*attn_mix_f16)(const float* p, const uint16_t* v, int64_t stride, int64_t len, int64_t hd, float* out);
 };
 
 const KernelTable& kernels_scalar();
 #if defined(LINLY_X86)
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+// AVX2 attention kernels, shared by the AVX-512 row (every AVX-512 CPU has AVX2).
+void attn_scores_f32_avx2(const float* q, const float* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                          float* scores);
+void attn_scores_f16_avx2(const float* q, const uint16_t* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                          float* scores);
+void softmax_avx2(float* x, int64_t len);
+void attn_mix_f32_avx2(const float* p, const float* v, int64_t stride, int64_t len, int64_t hd, float* out);
+void attn_mix_f16_avx2(const float* p, const uint16_t* v, int64_t stride, int64_t len, int64_t hd, float* out);
 #endif
 
 }  // namespace linly

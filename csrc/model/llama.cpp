@@ -62,8 +62,9 @@ void grow(std::vector<T>& v, size_t n) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise)
-    : cfg_(cfg), w_(std::move(weights)), kv_type_(kv), precise_(precise) {
+LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise,
+                       const KernelTable& kernels)
+    : cfg_(cfg), w_(std::move(weights)), kv_type_(kv), precise_(precise), kt_(&kernels) {
   q_dim_ = cfg_.n_heads * cfg_.head_dim;
   kv_dim_ = cfg_.n_kv_heads * cfg_.head_dim;
   const int64_t half = cfg_.head_dim / 2;
@@ -97,47 +98,24 @@ void LlamaModel::attention(int64_t layer, int64_t n) {
   const float scale = 1.0f / std::sqrt((float)hd);
   const int64_t pos0 = pos_;
   // One (token, head) pair per work item; each reads the cache up to its own position.
+  const KernelTable& kt = *kt_;
   global_pool()->parallel_for(n * H, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> scores, kv_row;
+    thread_local std::vector<float> scores;
     grow(scores, (size_t)(pos0 + n));
-    grow(kv_row, (size_t)hd);
     for (int64_t item = b; item < e; ++item) {
       const int64_t t = item / H, h = item % H, kvh = h / group;
       const int64_t len = pos0 + t + 1;  // causal: positions 0..pos0+t
       const float* q = q_.data() + t * q_dim_ + h * hd;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < len; ++j) {
-        const int64_t off = base + j * kv_dim_ + kvh * hd;
-        float s = 0.0f;
-        if (kv_type_ == KvCacheType::F32) {
-          const float* k = k_f32_.data() + off;
-          for (int64_t i = 0; i < hd; ++i) s += q[i] * k[i];
-        } else {
-          const uint16_t* k = k_f16_.data() + off;
-          for (int64_t i = 0; i < hd; ++i) s += q[i] * fp16_to_fp32(k[i]);
-        }
-        s *= scale;
-        scores[j] = s;
-        mx = std::max(mx, s);
-      }
-      float sum = 0.0f;
-      for (int64_t j = 0; j < len; ++j) {
-        scores[j] = std::exp(scores[j] - mx);
-        sum += scores[j];
-      }
-      const float inv_sum = 1.0f / sum;
       float* out = att_.data() + t * q_dim_ + h * hd;
-      std::fill(out, out + hd, 0.0f);
-      for (int64_t j = 0; j < len; ++j) {
-        const float p = scores[j] * inv_sum;
-        const int64_t off = base + j * kv_dim_ + kvh * hd;
-        if (kv_type_ == KvCacheType::F32) {
-          const float* v = v_f32_.data() + off;
-          for (int64_t i = 0; i < hd; ++i) out[i] += p * v[i];
-        } else {
-          const uint16_t* v = v_f16_.data() + off;
-          for (int64_t i = 0; i < hd; ++i) out[i] += p * fp16_to_fp32(v[i]);
-        }
+      const int64_t off = base + kvh * hd;
+      if (kv_type_ == KvCacheType::F32) {
+        kt.attn_scores_f32(q, k_f32_.data() + off, kv_dim_, len, hd, scale, scores.data());
+        kt.softmax(scores.data(), len);
+        kt.attn_mix_f32(scores.data(), v_f32_.data() + off, kv_dim_, len, hd, out);
+      } else {
+        kt.attn_scores_f16(q, k_f16_.data() + off, kv_dim_, len, hd, scale, scores.data());
+        kt.softmax(scores.data(), len);
+        kt.attn_mix_f16(scores.data(), v_f16_.data() + off, kv_dim_, len, hd, out);
       }
     }
   });

@@ -30,7 +30,8 @@ class LlamaModel {
  public:
   // Shapes must already be validated against cfg (the bindings do it, with messages).
   // precise: every integer matmul also uses the activations' int8 residual (formats.h).
-  LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise);
+  // kernels: the table the attention runs on (the matrices carry their own).
+  LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise, const KernelTable& kernels);
 
   // Feeds ids[0..n) at positions [position(), position()+n) and appends their keys and
   // values to the cache. Writes logits [n, vocab] when all_logits, else the last
@@ -50,6 +51,7 @@ class LlamaModel {
   ModelWeights w_;
   KvCacheType kv_type_;
   bool precise_;
+  const KernelTable* kt_;
   int64_t pos_ = 0;
   int64_t q_dim_, kv_dim_;
   std::vector<float> rope_cos_, rope_sin_;  // [max_context, head_dim/2]

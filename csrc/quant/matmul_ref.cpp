@@ -1,5 +1,6 @@
 #include "quant/matmul_ref.h"
 
+#include "kernels/attention_ref.h"
 #include "quant/fp16.h"
 #include "quant/quantize.h"
 
@@ -109,7 +110,8 @@ void matmul_ref(const MatmulArgs& a, int64_t n0, int64_t n1) {
 
 const KernelTable& kernels_scalar() {
   static const KernelTable t{Isa::Scalar, "scalar", false, quantize_row_act_ref, matmul_scalar,
-                             read_checksum_scalar};
+                             read_checksum_scalar, attn_scores_f32_ref, attn_scores_f16_ref, softmax_ref,
+                             attn_mix_f32_ref, attn_mix_f16_ref};
   return t;
 }
 

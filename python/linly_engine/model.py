@@ -59,7 +59,7 @@ class Model:
     """A LLaMA-family model ready to run: ``prefill`` a prompt, then ``decode`` tokens."""
 
     def __init__(self, checkpoint: Checkpoint, *, quant: str | None = None, max_context: int | None = None,
-                 kv_cache: str = "f32", activations: str = "int8x2") -> None:
+                 kv_cache: str = "f16", activations: str = "int8x2") -> None:
         cfg = dict(checkpoint.config)
         ctx = int(max_context or min(cfg.get("max_position_embeddings", 4096), 4096))
         if ctx < 1:
@@ -82,13 +82,14 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, threads: int | None = None, quant: str | None = None,
-             max_context: int | None = None, kv_cache: str = "f32", activations: str = "int8x2") -> "Model":
+             max_context: int | None = None, kv_cache: str = "f16", activations: str = "int8x2") -> "Model":
         """Loads a Hugging Face folder or a GGUF file.
 
         quant: converts the matrices (``q4_0``, ``q8_0``, ``f16`` …) in memory; None keeps
         the source's formats. activations: how integer matmuls see the activations,
         ``int8x2`` (int8 plus an int8 residual: ~254× smaller activation error, the
-        default) or ``int8`` (faster, the precision llama.cpp uses)."""
+        default) or ``int8`` (faster, the precision llama.cpp uses). kv_cache: ``f16``
+        (default, as llama.cpp: half the memory traffic at long contexts) or ``f32``."""
         if threads is not None:
             _C.set_num_threads(threads)
         return cls(load_checkpoint(path), quant=quant, max_context=max_context, kv_cache=kv_cache,

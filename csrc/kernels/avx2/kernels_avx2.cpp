@@ -3,6 +3,8 @@
 // Every function here is in an anonymous namespace (see fp16.h on why).
 #include <immintrin.h>
 
+#include <math.h>  // C header: no inline C++ wrappers compiled with AVX2 flags to leak out (see fp16.h)
+
 #include "kernels/kernel_table.h"
 #include "quant/fp16.h"
 #include "quant/matmul_ref.h"
@@ -325,10 +327,160 @@ uint64_t read_checksum_avx2(const uint8_t* p, int64_t bytes) {
   return l[0] ^ l[1] ^ l[2] ^ l[3];
 }
 
+// exp(x) for the softmax: x = n·ln2 + r, |r| ≤ ln2/2, exp(r) by its Taylor series to r⁶
+// (relative error < 2e-7), 2ⁿ built in the exponent bits. Inputs are clamped to the
+// range where 2ⁿ stays a normal float.
+inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 split in two for accuracy
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+template <bool F16>
+inline __m256 load_kv8(const void* base, int64_t i) {
+  if (F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)base + i)));
+  return _mm256_loadu_ps((const float*)base + i);
+}
+
+template <bool F16>
+inline float load_kv1(const void* base, int64_t i) {
+  return F16 ? fp16_to_fp32(((const uint16_t*)base)[i]) : ((const float*)base)[i];
+}
+
+// Decode attention is a dot product per cached position: the K cache streams through here
+// once per token and layer, which makes it the hot loop at long contexts.
+// Sums of four vectors at once: lane-wise adds then one shuffle tree, instead of four
+// separate horizontal sums.
+inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);  // per 128-bit half: [a b c d] partial sums
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+template <bool F16>
+void attn_scores(const float* q, const void* k, int64_t stride, int64_t len, int64_t hd, float scale, float* scores) {
+  const int64_t h8 = hd / 8 * 8;
+  int64_t j = 0;
+  if (h8 == hd) {
+    // Four keys per pass: four independent FMA chains hide the FMA latency, and q's
+    // loads are shared.
+    auto row = [&](int64_t r) -> const void* {
+      return F16 ? (const void*)((const uint16_t*)k + r * stride) : (const void*)((const float*)k + r * stride);
+    };
+    for (; j + 4 <= len; j += 4) {
+      const void *k0 = row(j), *k1 = row(j + 1), *k2 = row(j + 2), *k3 = row(j + 3);
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t i = 0; i < hd; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+        a0 = _mm256_fmadd_ps(qv, load_kv8<F16>(k0, i), a0);
+        a1 = _mm256_fmadd_ps(qv, load_kv8<F16>(k1, i), a1);
+        a2 = _mm256_fmadd_ps(qv, load_kv8<F16>(k2, i), a2);
+        a3 = _mm256_fmadd_ps(qv, load_kv8<F16>(k3, i), a3);
+      }
+      _mm_storeu_ps(scores + j, _mm_mul_ps(hsum4(a0, a1, a2, a3), _mm_set1_ps(scale)));
+    }
+  }
+  for (; j < len; ++j) {
+    const void* kj = F16 ? (const void*)((const uint16_t*)k + j * stride) : (const void*)((const float*)k + j * stride);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= h8; i += 16) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load_kv8<F16>(kj, i), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), load_kv8<F16>(kj, i + 8), a1);
+    }
+    for (; i < h8; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load_kv8<F16>(kj, i), a0);
+    float s = hsum_f32(_mm256_add_ps(a0, a1));
+    for (; i < hd; ++i) s += q[i] * load_kv1<F16>(kj, i);
+    scores[j] = s * scale;
+  }
+}
+
+template <bool F16>
+void attn_mix(const float* p, const void* v, int64_t stride, int64_t len, int64_t hd, float* out) {
+  const int64_t h8 = hd / 8 * 8;
+  for (int64_t i = 0; i < hd; ++i) out[i] = 0.0f;
+  if (h8 == hd) {
+    // 32 outputs at a time held in registers across all positions: no store-to-load
+    // round trip per position.
+    for (int64_t i0 = 0; i0 < hd; i0 += 32) {
+      const int nv = (int)((hd - i0) / 8 < 4 ? (hd - i0) / 8 : 4);
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t j = 0; j < len; ++j) {
+        const void* vj = F16 ? (const void*)((const uint16_t*)v + j * stride) : (const void*)((const float*)v + j * stride);
+        const __m256 pj = _mm256_set1_ps(p[j]);
+        for (int u = 0; u < nv; ++u) acc[u] = _mm256_fmadd_ps(pj, load_kv8<F16>(vj, i0 + 8 * u), acc[u]);
+      }
+      for (int u = 0; u < nv; ++u) _mm256_storeu_ps(out + i0 + 8 * u, acc[u]);
+    }
+    return;
+  }
+  for (int64_t j = 0; j < len; ++j) {
+    const void* vj = F16 ? (const void*)((const uint16_t*)v + j * stride) : (const void*)((const float*)v + j * stride);
+    const __m256 pj = _mm256_set1_ps(p[j]);
+    int64_t i = 0;
+    for (; i < h8; i += 8) _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pj, load_kv8<F16>(vj, i), _mm256_loadu_ps(out + i)));
+    for (; i < hd; ++i) out[i] += p[j] * load_kv1<F16>(vj, i);
+  }
+}
+
 }  // namespace
 
+void attn_scores_f32_avx2(const float* q, const float* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                          float* scores) {
+  attn_scores<false>(q, k, stride, len, hd, scale, scores);
+}
+void attn_scores_f16_avx2(const float* q, const uint16_t* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                          float* scores) {
+  attn_scores<true>(q, k, stride, len, hd, scale, scores);
+}
+void attn_mix_f32_avx2(const float* p, const float* v, int64_t stride, int64_t len, int64_t hd, float* out) {
+  attn_mix<false>(p, v, stride, len, hd, out);
+}
+void attn_mix_f16_avx2(const float* p, const uint16_t* v, int64_t stride, int64_t len, int64_t hd, float* out) {
+  attn_mix<true>(p, v, stride, len, hd, out);
+}
+
+void softmax_avx2(float* x, int64_t len) {
+  const int64_t l8 = len / 8 * 8;
+  __m256 m = _mm256_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < l8; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + j));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  float mx = _mm_cvtss_f32(m4);
+  for (int64_t j = l8; j < len; ++j) mx = x[j] > mx ? x[j] : mx;
+  const __m256 vmx = _mm256_set1_ps(mx);
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t j = 0; j < l8; j += 8) {
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), vmx));
+    _mm256_storeu_ps(x + j, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float s = hsum_f32(sum);
+  for (int64_t j = l8; j < len; ++j) {
+    x[j] = expf(x[j] - mx);
+    s += x[j];
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / s);
+  for (int64_t j = 0; j < l8; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), inv));
+  for (int64_t j = l8; j < len; ++j) x[j] *= 1.0f / s;
+}
+
 const KernelTable& kernels_avx2() {
-  static const KernelTable t{Isa::Avx2, "avx2", true, quantize_act_avx2, matmul_avx2, read_checksum_avx2};
+  static const KernelTable t{Isa::Avx2, "avx2", true, quantize_act_avx2, matmul_avx2, read_checksum_avx2,
+                             attn_scores_f32_avx2, attn_scores_f16_avx2, softmax_avx2, attn_mix_f32_avx2,
+                             attn_mix_f16_avx2};
   return t;
 }
 

@@ -1,0 +1,54 @@
+#include "kernels/attention_ref.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "quant/fp16.h"
+
+namespace linly {
+
+void attn_scores_f32_ref(const float* q, const float* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                         float* scores) {
+  for (int64_t j = 0; j < len; ++j) {
+    const float* kj = k + j * stride;
+    double s = 0.0;
+    for (int64_t i = 0; i < hd; ++i) s += (double)q[i] * kj[i];
+    scores[j] = (float)s * scale;
+  }
+}
+
+void attn_scores_f16_ref(const float* q, const uint16_t* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                         float* scores) {
+  for (int64_t j = 0; j < len; ++j) {
+    const uint16_t* kj = k + j * stride;
+    double s = 0.0;
+    for (int64_t i = 0; i < hd; ++i) s += (double)q[i] * fp16_to_fp32(kj[i]);
+    scores[j] = (float)s * scale;
+  }
+}
+
+void softmax_ref(float* x, int64_t len) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < len; ++j) mx = std::max(mx, x[j]);
+  double sum = 0.0;
+  for (int64_t j = 0; j < len; ++j) {
+    x[j] = std::exp(x[j] - mx);
+    sum += x[j];
+  }
+  const float inv = (float)(1.0 / sum);
+  for (int64_t j = 0; j < len; ++j) x[j] *= inv;
+}
+
+void attn_mix_f32_ref(const float* p, const float* v, int64_t stride, int64_t len, int64_t hd, float* out) {
+  std::fill(out, out + hd, 0.0f);
+  for (int64_t j = 0; j < len; ++j)
+    for (int64_t i = 0; i < hd; ++i) out[i] += p[j] * v[j * stride + i];
+}
+
+void attn_mix_f16_ref(const float* p, const uint16_t* v, int64_t stride, int64_t len, int64_t hd, float* out) {
+  std::fill(out, out + hd, 0.0f);
+  for (int64_t j = 0; j < len; ++j)
+    for (int64_t i = 0; i < hd; ++i) out[i] += p[j] * fp16_to_fp32(v[j * stride + i]);
+}
+
+}  // namespace linly

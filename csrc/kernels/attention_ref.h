@@ -1,0 +1,19 @@
+// Attention over one head and the KV cache: the scalar reference kernels (the portable
+// path and the twins the SIMD versions are tested against).
+#pragma once
+#include <cstdint>
+
+namespace linly {
+
+// scores[j] = scale · (q · k_j), k_j = k + j·stride, for j < len; head size hd.
+void attn_scores_f32_ref(const float* q, const float* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                         float* scores);
+void attn_scores_f16_ref(const float* q, const uint16_t* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                         float* scores);
+// x[0..len) <- softmax(x)
+void softmax_ref(float* x, int64_t len);
+// out[i] = Σ_j p[j] · v_j[i], v_j = v + j·stride
+void attn_mix_f32_ref(const float* p, const float* v, int64_t stride, int64_t len, int64_t hd, float* out);
+void attn_mix_f16_ref(const float* p, const uint16_t* v, int64_t stride, int64_t len, int64_t hd, float* out);
+
+}  // namespace linly
