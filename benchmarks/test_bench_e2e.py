@@ -39,6 +39,15 @@ def write_tiny_gguf(path: Path, fmt: str) -> Path:
     w.add_layer_norm_rms_eps(1e-5); w.add_rope_freq_base(10000.0); w.add_vocab_size(c["vocab"])
     qt = getattr(gguf.GGMLQuantizationType, GGML[fmt])
     hd = c["dim"] // c["heads"]
+    # llama.cpp refuses a model without a vocabulary: a SentencePiece-style one with the
+    # control tokens, the 256 byte tokens and filler pieces.
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    pieces += [f"\u2581p{i}" for i in range(c["vocab"] - len(pieces))]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(pieces)
+    w.add_token_scores([0.0] * len(pieces))
+    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * (len(pieces) - 259))
+    w.add_bos_token_id(1); w.add_eos_token_id(2); w.add_unk_token_id(0)
 
     def matrix(name, n, k):
         a = (rng.standard_normal((n, k), dtype=np.float32) * 0.02)
@@ -87,8 +96,8 @@ def models(tmp_path_factory):
     return get
 
 
-def run_linly(path: Path, threads: int, ids: list[int]) -> tuple[float, float]:
-    m = le.Model.load(path, threads=threads, max_context=PROMPT + STEPS + 8)
+def run_linly(path: Path, threads: int, ids: list[int], activations: str = "int8x2") -> tuple[float, float]:
+    m = le.Model.load(path, threads=threads, max_context=PROMPT + STEPS + 8, activations=activations)
     m.prefill(ids[:8]); m.reset()  # warm: page faults, pool
     t0 = time.perf_counter(); m.prefill(ids); t1 = time.perf_counter()
     tok = ids[-1]
@@ -131,7 +140,14 @@ def run_transformers(path: Path, threads: int, ids: list[int]) -> tuple[float, f
     return PROMPT / (t1 - t0), STEPS / (t2 - t1)
 
 
-ENGINES = {"linly": run_linly, "llama.cpp": run_llama_cpp, "transformers": run_transformers}
+def run_linly_int8(path: Path, threads: int, ids: list[int]) -> tuple[float, float]:
+    return run_linly(path, threads, ids, "int8")
+
+
+# linly: the default int8x2 activations (int8 + residual: near-f32 accuracy); linly-int8:
+# int8 activations, the precision llama.cpp uses.
+ENGINES = {"linly": run_linly, "linly-int8": run_linly_int8, "llama.cpp": run_llama_cpp,
+           "transformers": run_transformers}
 MODELS = ["smollm2", "tiny1.1b-q4_0", "tiny1.1b-q8_0", "tiny1.1b-f16"]
 
 

@@ -43,6 +43,14 @@ def test_hf_safetensors(source):
     check(engine_logits(root / "hf"), want)
 
 
+def test_hf_sharded_safetensors_with_index(source):
+    model, root, want = source
+    model.save_pretrained(root / "hf_sharded", safe_serialization=True, max_shard_size="40KB")
+    assert (root / "hf_sharded" / "model.safetensors.index.json").is_file()
+    assert len(list((root / "hf_sharded").glob("model-*.safetensors"))) > 1
+    check(engine_logits(root / "hf_sharded"), want)
+
+
 def test_hf_bin(source):
     model, root, want = source
     check(engine_logits(ck.write_torch_bin_folder(model, root / "hf_bin")), want)
