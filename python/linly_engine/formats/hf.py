@@ -149,15 +149,20 @@ def tensor_from_torch(t) -> Tensor:
     return Tensor(t.float().numpy(), "f32", shape)
 
 
+def shard_names(index: Path) -> list[str]:
+    """The shard file names an ``*.index.json`` (HF or TencentPretrain) maps weights to."""
+    try:
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{index}: not a valid index file (needs a 'weight_map')") from None
+
+
 def weight_files(folder: Path) -> list[Path]:
     for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
                                ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         index = folder / index_name
         if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                raise CheckpointError(f"{index}: not a valid index file (needs a 'weight_map')") from None
+            shards = shard_names(index)
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
                 raise CheckpointError(f"{index} names shards that are missing: {', '.join(missing)}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from linly_engine.formats.checkpoint import Checkpoint, Tensor
 from linly_engine.formats.gguf import unpermute_rows
-from linly_engine.formats.hf import CheckpointError, read_torch_bin
+from linly_engine.formats.hf import CheckpointError, read_torch_bin, shard_names
 
 # Meta / TencentPretrain per-layer name -> HF per-layer name
 META_LAYER = {
@@ -81,13 +81,18 @@ def _unpermute_qk(tensors: dict[str, Tensor], heads: int, kv_heads: int) -> None
             tensors[name] = Tensor(unpermute_rows(np.asarray(t.array), n), t.fmt, t.shape)
 
 
-def _config(vocab: int, dim: int, layers: int, heads: int, kv_heads: int, ffn: int, eps: float,
-            theta: float, max_pos: int) -> dict[str, Any]:
+def _finish(tensors: dict[str, Tensor], where: Path, dim: int, layers: int, heads: int, kv_heads: int,
+            eps: float, theta: float, max_pos: int) -> dict[str, Any]:
+    """Checks the renamed tensors are all there, puts q/k in HF order, returns the config
+    (vocabulary and FFN sizes read off the weights: neither format states them reliably)."""
+    _check_complete(tensors, layers, where)
+    _unpermute_qk(tensors, heads, kv_heads)
     return {
-        "architecture": "llama", "vocab_size": vocab, "hidden_size": dim, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": dim // heads,
-        "intermediate_size": ffn, "rms_norm_eps": eps, "rope_theta": theta, "rope_scaling": None,
-        "qkv_bias": False, "max_position_embeddings": max_pos,
+        "architecture": "llama", "vocab_size": tensors["model.embed_tokens.weight"].shape[0], "hidden_size": dim,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "head_dim": dim // heads, "intermediate_size": tensors["model.layers.0.mlp.gate_proj.weight"].shape[0],
+        "rms_norm_eps": eps, "rope_theta": theta, "rope_scaling": None, "qkv_bias": False,
+        "max_position_embeddings": max_pos,
     }
 
 
@@ -120,12 +125,9 @@ def load_meta(folder: str | Path) -> Checkpoint:
         dim, heads, layers = int(params["dim"]), int(params["n_heads"]), int(params["n_layers"])
     except KeyError as e:
         raise CheckpointError(f"{folder / 'params.json'} lacks {e.args[0]!r}") from None
-    kv_heads = int(params.get("n_kv_heads") or heads)
-    _check_complete(tensors, layers, folder)
-    _unpermute_qk(tensors, heads, kv_heads)
-    cfg = _config(tensors["model.embed_tokens.weight"].shape[0], dim, layers, heads, kv_heads,
-                  tensors["model.layers.0.mlp.gate_proj.weight"].shape[0], float(params.get("norm_eps", 1e-6)),
-                  float(params.get("rope_theta", 10000.0)), int(params.get("max_seq_len", 2048)))
+    cfg = _finish(tensors, folder, dim, layers, heads, int(params.get("n_kv_heads") or heads),
+                  float(params.get("norm_eps", 1e-6)), float(params.get("rope_theta", 10000.0)),
+                  int(params.get("max_seq_len", 2048)))
     return Checkpoint(cfg, tensors, str(folder), {"params": params})
 
 
@@ -135,10 +137,7 @@ def load_tencentpretrain(path: str | Path, config_path: str | Path | None = None
     if path.is_dir():
         index = next(iter(sorted(folder.glob("*model*.bin.index.json"))), None)
         if index is not None:
-            try:
-                files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                raise CheckpointError(f"{index}: not a valid index file (needs a 'weight_map')") from None
+            files = [folder / f for f in shard_names(index)]
         else:
             files = sorted(folder.glob("*.bin"))
     else:
@@ -158,12 +157,9 @@ def load_tencentpretrain(path: str | Path, config_path: str | Path | None = None
         dim, heads, layers = int(tp["emb_size"]), int(tp["heads_num"]), int(tp["layers_num"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{cfg_file}: not a TencentPretrain config ({e})") from None
-    kv_heads = int(tp.get("kv_heads_num") or heads)
-    _check_complete(tensors, layers, path)
-    _unpermute_qk(tensors, heads, kv_heads)
-    cfg = _config(tensors["model.embed_tokens.weight"].shape[0], dim, layers, heads, kv_heads,
-                  tensors["model.layers.0.mlp.gate_proj.weight"].shape[0], float(tp.get("layernorm_eps", 1e-6)),
-                  float(tp.get("rope_theta", 10000.0)), int(tp.get("max_seq_length", 2048)))
+    cfg = _finish(tensors, path, dim, layers, heads, int(tp.get("kv_heads_num") or heads),
+                  float(tp.get("layernorm_eps", 1e-6)), float(tp.get("rope_theta", 10000.0)),
+                  int(tp.get("max_seq_length", 2048)))
     return Checkpoint(cfg, tensors, str(path), {"tencentpretrain_config": tp})
 
 
