@@ -256,7 +256,32 @@ void dense_rows(const MatmulArgs& a, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) {
     const uint8_t* w = a.w + n * rb;
-    for (int64_t m = 0; m < a.m; ++m) {
+    int64_t m = 0;
+    // Prefill: two activation rows per pass, so each converted weight vector feeds two
+    // FMAs and eight independent accumulators hide the FMA latency.
+    for (; m + 2 <= a.m; m += 2) {
+      const float* x0 = a.x + m * a.k;
+      const float* x1 = x0 + a.k;
+      __m256 c[2][4];
+      for (int r = 0; r < 4; ++r) c[0][r] = c[1][r] = _mm256_setzero_ps();
+      for (int64_t i = 0; i < k8; i += 8) {
+        const __m256 xv0 = _mm256_loadu_ps(x0 + i), xv1 = _mm256_loadu_ps(x1 + i);
+        for (int r = 0; r < 4; ++r) {
+          const __m256 wv = load8(F, w + r * rb, i);
+          c[0][r] = _mm256_fmadd_ps(wv, xv0, c[0][r]);
+          c[1][r] = _mm256_fmadd_ps(wv, xv1, c[1][r]);
+        }
+      }
+      for (int t = 0; t < 2; ++t) {
+        const float* x = t ? x1 : x0;
+        for (int r = 0; r < 4; ++r) {
+          float s = hsum_f32(c[t][r]);
+          for (int64_t i = k8; i < a.k; ++i) s += load1(F, w + r * rb, i) * x[i];
+          a.y[(m + t) * a.n + n + r] = s;
+        }
+      }
+    }
+    for (; m < a.m; ++m) {
       const float* x = a.x + m * a.k;
       __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
       for (int64_t i = 0; i < k8; i += 8) {
