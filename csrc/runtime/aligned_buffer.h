@@ -17,7 +17,7 @@ class AlignedBuffer {
     if (bytes <= 0) return;
     // Weight-sized buffers go on 2 MiB boundaries and ask for transparent huge pages:
     // a GEMV streams them once per token and 4 KiB pages would cost a TLB miss per page.
-    const size_t align = bytes >= kHuge ? kHuge : 64;
+    const size_t align = (size_t)bytes >= kHuge ? kHuge : 64;
     const size_t rounded = ((size_t)bytes + align - 1) / align * align;
     data_ = static_cast<uint8_t*>(std::aligned_alloc(align, rounded));
     if (!data_) throw std::bad_alloc();
