@@ -79,3 +79,32 @@ def test_gguf_q8_0_used_as_stored(source):
     assert m.info()["matrix_formats"] == {"q8_0": 16}
     got = m.prefill(IDS, all_logits=True)
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()  # q8_0 weight rounding only
+
+
+@pytest.mark.parametrize("qtype,block_bytes,scale_offsets", [("Q4_K", 144, (0, 2)), ("Q5_K", 176, (0, 2)),
+                                                             ("Q6_K", 210, (208,))])
+def test_gguf_k_quants_are_converted_to_q8_0(tmp_path, qtype, block_bytes, scale_offsets):
+    """K-quant blocks (random codes, sane f16 scales) load as q8_0 matching gguf-py's
+    dequantisation to within q8_0's rounding."""
+    import gguf
+
+    from linly_engine.formats.gguf import load_gguf
+
+    rng = np.random.default_rng(0)
+    n, k = 16, 512
+    raw = rng.integers(0, 256, (n, k // 256 * block_bytes), dtype=np.uint8)
+    blocks = raw.reshape(n, -1, block_bytes)
+    for off in scale_offsets:  # d (and dmin): 2^-10, so no Inf/NaN from random bits
+        blocks[:, :, off:off + 2] = np.frombuffer(np.float16(2.0**-10).tobytes(), np.uint8)
+    qt = getattr(gguf.GGMLQuantizationType, qtype)
+    w = gguf.GGUFWriter(str(tmp_path / "k.gguf"), "llama")
+    w.add_embedding_length(k); w.add_block_count(1); w.add_feed_forward_length(n); w.add_head_count(4)
+    w.add_context_length(64); w.add_vocab_size(32)
+    w.add_tensor("blk.0.ffn_gate.weight", raw, raw_shape=raw.shape, raw_dtype=qt)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    t = load_gguf(tmp_path / "k.gguf").tensors["model.layers.0.mlp.gate_proj.weight"]
+    assert t.fmt == "q8_0" and t.shape == (n, k)
+    want = gguf.quants.dequantize(raw, qt).reshape(n, k)
+    amax = np.abs(want.reshape(n, -1, 32)).max(-1, keepdims=True)
+    err = np.abs(t.to_f32().reshape(n, -1, 32) - want.reshape(n, -1, 32))
+    assert np.all(err <= amax / 254 + amax * 2.0**-11 + 1e-9)
