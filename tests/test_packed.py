@@ -47,8 +47,11 @@ def test_round_trip_runs_in_place_and_matches_in_memory_conversion(hf_folder, tm
 def test_verify_detects_a_flipped_byte(hf_folder, tmp_path):
     out = tmp_path / "m.linly"
     write_packed(load_checkpoint(hf_folder), out, "q4_0")
+    import gguf
+
+    offset = next(t.data_offset for t in gguf.GGUFReader(out).tensors if t.name.endswith("down_proj.weight"))
     data = bytearray(out.read_bytes())
-    data[-100] ^= 0x01  # inside the last tensor
+    data[offset + 7] ^= 0x01  # one bit inside a weight matrix
     out.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         verify(out)
@@ -90,3 +93,15 @@ def test_cli_convert_verify_info(hf_folder, tmp_path):
     assert r.returncode == 0 and '"q8_0": 15' in r.stdout
     r = linly("info", tmp_path / "nothing-here")
     assert r.returncode == 1 and "no model at" in r.stderr
+
+
+def test_tokenizer_travels_inside(hf_folder, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(hf_folder, src)
+    (src / "tokenizer.json").write_text('{"model": {"vocab": {"你好": 0}}}', encoding="utf-8")
+    write_packed(load_checkpoint(src), tmp_path / "t.linly", "q8_0")
+    ck = load_checkpoint(tmp_path / "t.linly")
+    assert ck.metadata["files"]["tokenizer.json"].decode("utf-8") == '{"model": {"vocab": {"你好": 0}}}'
+    assert verify(tmp_path / "t.linly")["tensors"] == 2 * 9 + 2

@@ -53,15 +53,16 @@ def _field(reader, key: str, default: Any = None) -> Any:
         raise CheckpointError(f"GGUF metadata '{key}' is malformed") from None
 
 
-def tokenizer_fields(reader) -> dict[str, tuple[Any, Any, Any]]:
-    """Every ``tokenizer.*`` field as (value, GGUF type, array element type), to copy verbatim."""
+def tokenizer_fields(reader) -> dict[str, Any]:
+    """Every ``tokenizer.*`` field's value (strings, numbers or lists of them)."""
     out = {}
     for key, f in reader.fields.items():
         if key.startswith("tokenizer."):
             try:
-                out[key] = (f.contents(), f.types[0], f.types[-1] if len(f.types) > 1 else None)
+                value = f.contents()
             except Exception:
                 raise CheckpointError(f"GGUF metadata '{key}' is malformed") from None
+            out[key] = value.tolist() if hasattr(value, "tolist") else value
     return out
 
 

@@ -12,10 +12,13 @@ tools), and it needs no code of our own to parse. What is ours is the content:
   stored in the kernels' 16-row panel layout (``csrc/quant/panel.h``), so the SIMD paths
   use the mapped bytes without a copy; every tensor is stored as raw bytes (GGUF type I8)
   because q4_g and panels have no GGUF type of their own;
-- ``linly.sha256``: the SHA-256 of all tensor bytes in ``linly.tensors`` order,
+- ``linly.sha256``: the SHA-256 of all tensor bytes in ``linly.tensors`` order, then the
+  files in ``linly.files`` order,
   checked by ``verify`` (not at every load: hashing gigabytes costs seconds);
-- ``tokenizer.*`` fields copied from a GGUF source, and ``linly.file.<name>`` byte arrays
-  with a Hugging Face source's tokenizer and generation files.
+- files carried along, each stored as a byte tensor named ``file:<name>`` and listed in
+  ``linly.files``: a Hugging Face source's tokenizer and generation files, and a GGUF
+  source's ``tokenizer.*`` fields as ``gguf_tokenizer.json``. (Not as GGUF metadata
+  arrays: gguf-py parses those one element at a time, seconds for a 50k vocabulary.)
 
 Writes go to a temporary name in the same folder and are renamed into place only when
 complete, so an interrupted conversion never leaves a half-written file under the name.
@@ -84,12 +87,15 @@ def write_packed(ck: Checkpoint, out: str | Path, quant: str | None,
         converted[name] = c
         params += int(np.prod(t.shape))
 
+    files = carried_files(ck)
     digest = hashlib.sha256()
     table = {}
     for name, t in converted.items():
         raw = np.ascontiguousarray(t.array).view(np.uint8).reshape(-1)
         digest.update(memoryview(raw))
         table[name] = {"fmt": t.fmt, "shape": list(t.shape), "layout": t.layout}
+    for blob in files.values():
+        digest.update(blob)
     w = gguf.GGUFWriter(str(tmp), ck.config.get("architecture", "llama"))
     try:
         w.add_custom_alignment(64)
@@ -99,10 +105,12 @@ def write_packed(ck: Checkpoint, out: str | Path, quant: str | None,
         w.add_string("linly.config", json.dumps({**ck.config, "tie_word_embeddings": tied}))
         w.add_string("linly.tensors", json.dumps(table))
         w.add_string("linly.sha256", digest.hexdigest())
-        _copy_tokenizer(ck, w)
+        w.add_string("linly.files", json.dumps(list(files)))
         for name, t in converted.items():
             raw = np.ascontiguousarray(t.array).view(np.int8).reshape(-1)
             w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.I8)
+        for name, blob in files.items():
+            w.add_tensor(f"file:{name}", np.frombuffer(blob, np.int8), raw_dtype=gguf.GGMLQuantizationType.I8)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -116,23 +124,22 @@ def write_packed(ck: Checkpoint, out: str | Path, quant: str | None,
     return {"path": str(out), "bytes": size, "parameters": params, "bits_per_weight": 8 * size / max(params, 1)}
 
 
-def _copy_tokenizer(ck: Checkpoint, w) -> None:
-    import gguf
-
-    fields = ck.metadata.get("gguf_tokenizer_fields") or {}
-    for key, (value, vtype, sub) in fields.items():
-        w.add_key_value(key, value, vtype, sub)
+def carried_files(ck: Checkpoint) -> dict[str, bytes]:
+    """The tokenizer and generation files that travel inside the packed file."""
+    files: dict[str, bytes] = dict(ck.metadata.get("files") or {})
+    fields = ck.metadata.get("gguf_tokenizer_fields")
+    if fields and "gguf_tokenizer.json" not in files:
+        files["gguf_tokenizer.json"] = json.dumps(fields, ensure_ascii=False).encode()
     folder = Path(ck.source)
     if folder.is_dir():
         for name in HF_FILES:
-            f = folder / name
-            if f.is_file():
-                w.add_key_value(f"linly.file.{name}", list(f.read_bytes()), gguf.GGUFValueType.ARRAY,
-                                gguf.GGUFValueType.UINT8)
+            if (folder / name).is_file():
+                files[name] = (folder / name).read_bytes()
+    return files
 
 
 def read_packed(path: str | Path, reader=None) -> Checkpoint:
-    from linly_engine.formats.gguf import _field, _reader, tokenizer_fields
+    from linly_engine.formats.gguf import _field, _reader
 
     path = Path(path)
     r = reader if reader is not None else _reader(path)
@@ -161,8 +168,14 @@ def read_packed(path: str | Path, reader=None) -> Checkpoint:
         tensors[name] = t
     if config.get("tie_word_embeddings") and "model.embed_tokens.weight" in tensors:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    try:
+        names = json.loads(_field(r, "linly.files") or "[]")
+        files = {n: np.asarray(data[f"file:{n}"]).tobytes() for n in names}
+        fields = json.loads(files["gguf_tokenizer.json"]) if "gguf_tokenizer.json" in files else {}
+    except (KeyError, json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: the carried tokenizer files are missing or corrupt") from None
     meta = {"tool": _field(r, "linly.tool"), "sha256": _field(r, "linly.sha256"), "stored": list(table),
-            "gguf_tokenizer_fields": tokenizer_fields(r)}
+            "gguf_tokenizer_fields": fields, "files": files, "file_order": names}
     return Checkpoint(config, tensors, _field(r, "linly.source") or str(path), meta)
 
 
@@ -182,6 +195,8 @@ def verify(path: str | Path) -> dict[str, Any]:
     digest = hashlib.sha256()
     for name in ck.metadata["stored"]:
         digest.update(memoryview(np.ascontiguousarray(ck.tensors[name].array).view(np.uint8).reshape(-1)))
+    for name in ck.metadata["file_order"]:
+        digest.update(ck.metadata["files"][name])
     if digest.hexdigest() != ck.metadata["sha256"]:
         raise CheckpointError(f"{path}: checksum mismatch (stored {ck.metadata['sha256'][:16]}…, "
                               f"computed {digest.hexdigest()[:16]}…): the file is corrupt; convert it again")
