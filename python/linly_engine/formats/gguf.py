@@ -96,7 +96,8 @@ def load_gguf(path: str | Path, reader=None) -> Checkpoint:
             raise CheckpointError(f"{path}: GGUF metadata lacks '{arch}.{key}'")
         return v
 
-    tokens = _field(r, "tokenizer.ggml.tokens")
+    tok_fields = tokenizer_fields(r)  # read once: the vocabulary arrays are the slow part
+    tokens = tok_fields.get("tokenizer.ggml.tokens")
     heads = int(hp("attention.head_count"))
     hidden = int(hp("embedding_length"))
     kv_heads = int(hp("attention.head_count_kv", heads))
@@ -147,7 +148,7 @@ def load_gguf(path: str | Path, reader=None) -> Checkpoint:
         tensors[name] = Tensor(arr, fmt, shape)
     if "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
-    meta = {"gguf_tokenizer_fields": tokenizer_fields(r), "chat_template": _field(r, "tokenizer.chat_template"),
-            "bos_token_id": _field(r, "tokenizer.ggml.bos_token_id"),
-            "eos_token_id": _field(r, "tokenizer.ggml.eos_token_id")}
+    meta = {"gguf_tokenizer_fields": tok_fields, "chat_template": tok_fields.get("tokenizer.chat_template"),
+            "bos_token_id": tok_fields.get("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": tok_fields.get("tokenizer.ggml.eos_token_id")}
     return Checkpoint(config, tensors, str(path), meta)

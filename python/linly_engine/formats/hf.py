@@ -149,6 +149,14 @@ def tensor_from_torch(t) -> Tensor:
     return Tensor(t.float().numpy(), "f32", shape)
 
 
+def read_json_file(path: Path) -> Any:
+    """A JSON file, or a CheckpointError naming the file and the parse error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
 def shard_names(index: Path) -> list[str]:
     """The shard file names an ``*.index.json`` (HF or TencentPretrain) maps weights to."""
     try:
@@ -174,10 +182,7 @@ def weight_files(folder: Path) -> list[Path]:
 
 def load_hf(folder: str | Path) -> Checkpoint:
     folder = Path(folder)
-    try:
-        raw_cfg = json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{folder / 'config.json'} is not valid JSON: {e}") from None
+    raw_cfg = read_json_file(folder / "config.json")
     config = config_from_hf(raw_cfg)
     tensors: dict[str, Tensor] = {}
     for f in weight_files(folder):

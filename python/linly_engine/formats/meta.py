@@ -18,7 +18,7 @@ import numpy as np
 
 from linly_engine.formats.checkpoint import Checkpoint, Tensor
 from linly_engine.formats.gguf import unpermute_rows
-from linly_engine.formats.hf import CheckpointError, read_torch_bin, shard_names
+from linly_engine.formats.hf import CheckpointError, read_json_file, read_torch_bin, shard_names
 
 # Meta / TencentPretrain per-layer name -> HF per-layer name
 META_LAYER = {
@@ -114,10 +114,7 @@ def _concat_shards(shards: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 def load_meta(folder: str | Path) -> Checkpoint:
     folder = Path(folder)
-    try:
-        params = json.loads((folder / "params.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{folder / 'params.json'} is not valid JSON: {e}") from None
+    params = read_json_file(folder / "params.json")
     shards = [read_torch_bin(p) for p in sorted(folder.glob("consolidated.*.pth"))]
     state = _concat_shards(shards)
     tensors = _rename(state, META_LAYER, META_GLOBAL, r"layers\.(\d+)\.(.+)\.(weight)")
