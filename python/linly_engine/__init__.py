@@ -21,11 +21,19 @@ from linly_engine._C import (  # noqa: F401  (re-exported API)
     set_num_threads,
 )
 
+from linly_engine.engine import ContextOverflowError, Engine, GenerationStats  # noqa: E402
 from linly_engine.model import Model  # noqa: E402
+from linly_engine.sampling import SamplingParams  # noqa: E402
+from linly_engine.templates import ChatTemplate  # noqa: E402
+from linly_engine.tokenizer import Tokenizer, TokenizerError  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChatTemplate",
+    "ContextOverflowError",
+    "Engine",
+    "GenerationStats",
     "LlamaModel",
     "Model",
     "PackedMatrix",
@@ -38,5 +46,8 @@ __all__ = [
     "measure_read_bandwidth",
     "quantize",
     "row_bytes",
+    "SamplingParams",
+    "Tokenizer",
+    "TokenizerError",
     "set_num_threads",
 ]

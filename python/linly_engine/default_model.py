@@ -33,3 +33,24 @@ def require_default_gguf() -> Path:
     if path is None:
         raise FileNotFoundError(f"the default model ({GGUF_NAME}) is not installed; fetch it with: {FETCH_COMMAND}")
     return path
+
+
+PACKED_NAME = "SmolLM2-135M-Instruct.linly"
+
+
+def ensure_default_model(log=None) -> Path:
+    """The default model as a packed file in the cache folder, converted from the GGUF
+    the first time (about a second; the weights keep their Q4_1/Q8_0 blocks).
+    ``log``: called with a one-line message when a conversion happens."""
+    from linly_engine.formats.packed import write_packed
+    from linly_engine.model import load_checkpoint
+
+    out = linly_home() / PACKED_NAME
+    if out.is_file():
+        return out
+    gguf = require_default_gguf()
+    if log:
+        log(f"converting the default model once: {gguf.name} -> {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_packed(load_checkpoint(gguf), out, None)  # atomic: a temporary name, then rename
+    return out

@@ -40,7 +40,7 @@ from linly_engine.formats.hf import CheckpointError
 FORMAT_VERSION = 1
 PANEL_FORMATS = ("q4_0", "q4_1", "q8_0", "q4_g32", "q4_g64", "q4_g128")
 HF_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-            "generation_config.json")
+            "generation_config.json", "chat_template.jinja")
 MATRIX_NAMES = ("_proj.weight", "embed_tokens.weight", "lm_head.weight")
 
 
@@ -130,11 +130,18 @@ def carried_files(ck: Checkpoint) -> dict[str, bytes]:
     fields = ck.metadata.get("gguf_tokenizer_fields")
     if fields and "gguf_tokenizer.json" not in files:
         files["gguf_tokenizer.json"] = json.dumps(fields, ensure_ascii=False).encode()
-    folder = Path(ck.source)
-    if folder.is_dir():
-        for name in HF_FILES:
-            if (folder / name).is_file():
-                files[name] = (folder / name).read_bytes()
+    if "files" in ck.metadata or fields:  # a packed or GGUF source carries its own
+        return files
+    # A Hugging Face or Meta folder holds its tokenizer files; a TencentPretrain .bin
+    # or a Meta model folder may have tokenizer.model one level up (Meta's release layout).
+    src = Path(ck.source)
+    folder = src if src.is_dir() else src.parent
+    for where, names in ((folder, HF_FILES), (folder.parent, ("tokenizer.model",))):
+        for name in names:
+            if name not in files and (where / name).is_file():
+                files[name] = (where / name).read_bytes()
+        if "tokenizer.model" in files or "tokenizer.json" in files:
+            break
     return files
 
 

@@ -1,10 +1,9 @@
-"""``linly``: the command line. Thin: parse arguments, call the library, print."""
+"""``linly convert | verify | info``: the packed file."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -19,8 +18,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.force:
-        print(f"linly convert: {out} exists; pass --force to overwrite it", file=sys.stderr)
-        return 2
+        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     t0 = time.perf_counter()
     ck = load_checkpoint(args.src)
     # disable=None: no bar when stderr is not a terminal (logs, CI)
@@ -42,9 +40,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from linly_engine.default_model import ensure_default_model
     from linly_engine.model import Model
 
-    info = Model.load(args.model, max_context=args.max_context).info()
+    info = Model.load(args.model or ensure_default_model(), max_context=args.max_context).info()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
@@ -54,13 +53,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="linly", description="Run LLaMA-family models (Chinese ones first) fast on CPUs.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_parsers(sub) -> None:
     c = sub.add_parser("convert", help="convert a checkpoint into the engine's packed .linly file",
                        description="Reads a Hugging Face folder, GGUF file, Meta folder or TencentPretrain .bin and "
-                                   "writes one memory-mappable .linly file.")
+                                   "writes one memory-mappable .linly file carrying the tokenizer.")
     c.add_argument("src", help="the source checkpoint")
     c.add_argument("out", help="the .linly file to write")
     c.add_argument("--quant", choices=QUANTS + ["keep"], default="q4_0",
@@ -74,24 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_verify)
 
     i = sub.add_parser("info", help="describe a model: architecture, formats, sizes")
-    i.add_argument("model")
+    i.add_argument("model", nargs="?", default=None, help="model file or folder (default: the default model)")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--max-context", type=int, default=None, help="KV cache size to report (default: up to 4096)")
     i.set_defaults(func=cmd_info)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as e:  # CheckpointError is a ValueError
-        print(f"linly {args.command}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"linly {args.command}: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
