@@ -37,6 +37,13 @@ class SentencePieceTokenizer(Tokenizer):
             if text is not None and str(key).isdigit():
                 self._added[int(key)] = (text, bool(tok.get("special", True)) if isinstance(tok, dict) else True)
         self.vocab_size = max([n] + [i + 1 for i in self._added])
+        control = {i for i in range(n) if self._sp.is_control(i)}
+        # Text that must become one token: control pieces, user-defined added tokens.
+        literal = {self._sp.id_to_piece(i): i for i in control if self._sp.id_to_piece(i)}
+        literal.update({t: i for i, (t, _) in self._added.items()})
+        self._literal = literal
+        self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(literal, key=len, reverse=True)) + ")") \
+            if literal else None
         bos, eos = self._sp.bos_id(), self._sp.eos_id()
         self.bos_token = _token_text(config.get("bos_token")) or (self._sp.id_to_piece(bos) if bos >= 0 else None)
         self.eos_token = _token_text(config.get("eos_token")) or (self._sp.id_to_piece(eos) if eos >= 0 else None)
@@ -45,15 +52,8 @@ class SentencePieceTokenizer(Tokenizer):
         self.chat_template = chat_template
         self._add_bos = bool(config.get("add_bos_token", True))
         self._add_eos = bool(config.get("add_eos_token", False))
-        control = {i for i in range(n) if self._sp.is_control(i)}
         self._special = frozenset(control | {i for i, (_, sp) in self._added.items() if sp} |
                                   {i for i in (self.bos_id, self.eos_id) if i is not None})
-        # Text that must become one token: control pieces, user-defined added tokens.
-        literal = {self._sp.id_to_piece(i): i for i in control if self._sp.id_to_piece(i)}
-        literal.update({t: i for i, (t, _) in self._added.items()})
-        self._literal = literal
-        self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(literal, key=len, reverse=True)) + ")") \
-            if literal else None
 
     @property
     def special_ids(self) -> frozenset[int]:
