@@ -75,7 +75,7 @@ def test_interrupted_write_leaves_no_file_and_keeps_the_old_one(hf_folder, tmp_p
 
 
 def linly(*args):
-    return subprocess.run([sys.executable, "-m", "linly_engine.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "linly_engine", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -85,7 +85,7 @@ def test_cli_convert_verify_info(hf_folder, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "bits/weight" in r.stdout
     r = linly("convert", hf_folder, out)
-    assert r.returncode == 2 and "exists; pass --force" in r.stderr
+    assert r.returncode == 1 and "exists; pass --force" in r.stderr
     assert linly("convert", hf_folder, out, "--force", "--quant", "q8_0").returncode == 0
     r = linly("verify", out)
     assert r.returncode == 0 and r.stdout.startswith("OK")

@@ -106,6 +106,11 @@ class Engine:
     def max_context(self) -> int:
         return self.model.max_context
 
+    @property
+    def cached_ids(self) -> list[int]:
+        """The token ids whose keys and values are in the cache (prompt and answer so far)."""
+        return list(self._cached[:self.model.position])
+
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special)
 
