@@ -89,8 +89,10 @@ struct PyLlamaModel {
     return static_cast<const float*>(a.data());
   }
 
-  PyLlamaModel(const py::dict& cfg_dict, const py::dict& w, const std::string& kv, const std::string& activations) {
+  PyLlamaModel(const py::dict& cfg_dict, const py::dict& w, const std::string& kv, const std::string& activations,
+               int64_t slots) {
     const ModelConfig c = config_from_dict(cfg_dict);
+    if (slots < 1 || slots > 1024) throw py::value_error("slots must be in [1, 1024], got " + std::to_string(slots));
     KvCacheType kv_type;
     if (kv == "f32") kv_type = KvCacheType::F32;
     else if (kv == "f16") kv_type = KvCacheType::F16;
@@ -120,34 +122,84 @@ struct PyLlamaModel {
       mw.layers.push_back(L);
     }
     py::gil_scoped_release nogil;
-    model = std::make_unique<LlamaModel>(c, std::move(mw), kv_type, activations == "int8x2", default_kernels());
+    model = std::make_unique<LlamaModel>(c, std::move(mw), kv_type, activations == "int8x2", default_kernels(), slots);
   }
 
-  py::array forward(const py::array& ids_in, bool all_logits) {
-    py::array_t<int32_t, py::array::c_style | py::array::forcecast> ids;
-    const py::array raw = py::array::ensure(ids_in);
+  static py::array_t<int32_t, py::array::c_style | py::array::forcecast> int_array(const py::object& in,
+                                                                                   const char* what) {
+    const py::array raw = py::array::ensure(in);
     if (!raw || (raw.dtype().kind() != 'i' && raw.dtype().kind() != 'u'))
-      throw py::type_error("token ids must be integers");
-    if (raw.ndim() != 1) throw py::value_error("token ids must be 1-D, got shape " + shape_str(raw));
-    ids = raw;
-    const ModelConfig& c = model->config();
-    const int64_t n = ids.shape(0);
-    if (n == 0) throw py::value_error("no token ids given");
-    const int32_t* p = ids.data();
+      throw py::type_error(std::string(what) + " must be integers");
+    if (raw.ndim() != 1) throw py::value_error(std::string(what) + " must be 1-D, got shape " + shape_str(raw));
+    return raw;
+  }
+
+  void check_slot(int64_t slot) const {
+    if (slot < 0 || slot >= model->slots())
+      throw py::value_error("slot " + std::to_string(slot) + " is outside [0, " + std::to_string(model->slots()) + ")");
+  }
+
+  void check_ids(const int32_t* p, int64_t n) const {
+    const int64_t vocab = model->config().vocab;
     for (int64_t i = 0; i < n; ++i) {
-      if (p[i] < 0 || p[i] >= c.vocab)
+      if (p[i] < 0 || p[i] >= vocab)
         throw py::value_error("token id " + std::to_string(p[i]) + " at index " + std::to_string(i) +
-                              " is outside the vocabulary [0, " + std::to_string(c.vocab) + ")");
+                              " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
     }
-    if (model->position() + n > c.max_context)
-      throw py::value_error(std::to_string(n) + " tokens at position " + std::to_string(model->position()) +
-                            " exceed the context of " + std::to_string(c.max_context) +
+  }
+
+  void check_room(int64_t slot, int64_t n) const {
+    const int64_t ctx = model->config().max_context;
+    if (model->position(slot) + n > ctx)
+      throw py::value_error(std::to_string(n) + " tokens at position " + std::to_string(model->position(slot)) +
+                            " exceed the context of " + std::to_string(ctx) +
                             " tokens; reset() the model, shorten the prompt or load with a larger max_context");
-    py::array_t<float> logits = all_logits ? py::array_t<float>({n, c.vocab}) : py::array_t<float>(c.vocab);
+  }
+
+  py::array forward(const py::object& ids_in, bool all_logits) {
+    auto ids = int_array(ids_in, "token ids");
+    const int64_t n = ids.shape(0), vocab = model->config().vocab;
+    if (n == 0) throw py::value_error("no token ids given");
+    check_ids(ids.data(), n);
+    check_room(0, n);
+    py::array_t<float> logits = all_logits ? py::array_t<float>({n, vocab}) : py::array_t<float>(vocab);
     float* out = logits.mutable_data();
     {
       py::gil_scoped_release nogil;
-      model->forward(p, n, all_logits, out);
+      model->forward(ids.data(), n, all_logits, out);
+    }
+    return std::move(logits);
+  }
+
+  py::array forward_batch(const py::object& ids_in, const py::object& slots_in, const py::object& lengths_in) {
+    auto ids = int_array(ids_in, "token ids");
+    auto slots = int_array(slots_in, "slots");
+    auto lengths = int_array(lengths_in, "lengths");
+    const int64_t n_segs = slots.shape(0), vocab = model->config().vocab;
+    if (n_segs == 0 || lengths.shape(0) != n_segs)
+      throw py::value_error("slots and lengths must be non-empty and of equal length");
+    std::vector<Segment> segs(n_segs);
+    std::vector<bool> used(model->slots(), false);
+    int64_t total = 0;
+    for (int64_t s = 0; s < n_segs; ++s) {
+      const int64_t slot = slots.data()[s], n = lengths.data()[s];
+      check_slot(slot);
+      if (used[slot]) throw py::value_error("slot " + std::to_string(slot) + " appears twice in one batch");
+      used[slot] = true;
+      if (n < 1) throw py::value_error("every segment needs at least one token");
+      check_room(slot, n);
+      segs[s] = Segment{slot, n};
+      total += n;
+    }
+    if (total != ids.shape(0))
+      throw py::value_error("lengths add up to " + std::to_string(total) + " but " + std::to_string(ids.shape(0)) +
+                            " token ids were given");
+    check_ids(ids.data(), total);
+    py::array_t<float> logits({n_segs, vocab});
+    float* out = logits.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      model->forward_batch(ids.data(), segs.data(), n_segs, false, out);
     }
     return std::move(logits);
   }
@@ -157,15 +209,25 @@ struct PyLlamaModel {
 
 void bind_model(py::module_& m) {
   py::class_<PyLlamaModel>(m, "LlamaModel", "The native LLaMA/Qwen2 decoder with its KV cache.")
-      .def(py::init<const py::dict&, const py::dict&, const std::string&, const std::string&>(), py::arg("config"),
-           py::arg("weights"), py::arg("kv_cache") = "f16", py::arg("activations") = "int8x2")
+      .def(py::init<const py::dict&, const py::dict&, const std::string&, const std::string&, int64_t>(),
+           py::arg("config"), py::arg("weights"), py::arg("kv_cache") = "f16", py::arg("activations") = "int8x2",
+           py::arg("slots") = 1)
       .def("forward", &PyLlamaModel::forward, py::arg("ids"), py::arg("all_logits") = false,
            "Runs ids at the current position; returns the last logits [vocab] or all [n, vocab].")
-      .def_property_readonly("position", [](const PyLlamaModel& p) { return p.model->position(); })
-      .def("truncate", [](PyLlamaModel& p, int64_t n) {
+      .def("forward_batch", &PyLlamaModel::forward_batch, py::arg("ids"), py::arg("slots"), py::arg("lengths"),
+           "One step over several sequences: segment i (lengths[i] ids, continuing KV slot slots[i]) follows "
+           "segment i-1 in ids. Returns each segment's last logits [n_segments, vocab].")
+      .def_property_readonly("position", [](const PyLlamaModel& p) { return p.model->position(0); })
+      .def_property_readonly("slots", [](const PyLlamaModel& p) { return p.model->slots(); })
+      .def("slot_position", [](const PyLlamaModel& p, int64_t slot) {
+        p.check_slot(slot);
+        return p.model->position(slot);
+      }, py::arg("slot"), "Tokens cached in a slot.")
+      .def("truncate", [](PyLlamaModel& p, int64_t n, int64_t slot) {
         if (n < 0) throw py::value_error("truncate needs n >= 0");
-        p.model->truncate(n);
-      }, py::arg("n"), "Keeps only the first n cached tokens.")
+        p.check_slot(slot);
+        p.model->truncate(n, slot);
+      }, py::arg("n"), py::arg("slot") = 0, "Keeps only the first n cached tokens of a slot.")
       .def_property_readonly("kv_cache_bytes", [](const PyLlamaModel& p) { return p.model->kv_cache_bytes(); })
       .def_property_readonly("max_context", [](const PyLlamaModel& p) { return p.model->config().max_context; });
 }

@@ -63,8 +63,8 @@ void grow(std::vector<T>& v, size_t n) {
 }  // namespace
 
 LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise,
-                       const KernelTable& kernels)
-    : cfg_(cfg), w_(std::move(weights)), kv_type_(kv), precise_(precise), kt_(&kernels) {
+                       const KernelTable& kernels, int64_t n_slots)
+    : cfg_(cfg), w_(std::move(weights)), kv_type_(kv), precise_(precise), kt_(&kernels), pos_(n_slots, 0) {
   q_dim_ = cfg_.n_heads * cfg_.head_dim;
   kv_dim_ = cfg_.n_kv_heads * cfg_.head_dim;
   const int64_t half = cfg_.head_dim / 2;
@@ -78,7 +78,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType
       rope_sin_[p * half + i] = (float)std::sin((double)angle);
     }
   }
-  const size_t cache = (size_t)(cfg_.n_layers * cfg_.max_context * kv_dim_);
+  const size_t cache = (size_t)(n_slots * cfg_.n_layers * cfg_.max_context * kv_dim_);
   if (kv_type_ == KvCacheType::F32) {
     k_f32_.assign(cache, 0.0f);
     v_f32_.assign(cache, 0.0f);
@@ -94,20 +94,19 @@ int64_t LlamaModel::kv_cache_bytes() const {
 
 void LlamaModel::attention(int64_t layer, int64_t n) {
   const int64_t hd = cfg_.head_dim, H = cfg_.n_heads, group = cfg_.n_heads / cfg_.n_kv_heads;
-  const int64_t base = layer * cfg_.max_context * kv_dim_;
   const float scale = 1.0f / std::sqrt((float)hd);
-  const int64_t pos0 = pos_;
-  // One (token, head) pair per work item; each reads the cache up to its own position.
+  // One (row, head) pair per work item; each reads its own sequence's cache up to its
+  // own position.
   const KernelTable& kt = *kt_;
   global_pool()->parallel_for(n * H, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> scores;
-    grow(scores, (size_t)(pos0 + n));
+    grow(scores, (size_t)cfg_.max_context);
     for (int64_t item = b; item < e; ++item) {
       const int64_t t = item / H, h = item % H, kvh = h / group;
-      const int64_t len = pos0 + t + 1;  // causal: positions 0..pos0+t
+      const int64_t len = row_pos_[t] + 1;  // causal: positions 0..row_pos
       const float* q = q_.data() + t * q_dim_ + h * hd;
       float* out = att_.data() + t * q_dim_ + h * hd;
-      const int64_t off = base + kvh * hd;
+      const size_t off = kv_offset(row_slot_[t], layer, 0) + kvh * hd;
       if (kv_type_ == KvCacheType::F32) {
         kt.attn_scores_f32(q, k_f32_.data() + off, kv_dim_, len, hd, scale, scores.data());
         kt.softmax(scores.data(), len);
@@ -122,6 +121,20 @@ void LlamaModel::attention(int64_t layer, int64_t n) {
 }
 
 void LlamaModel::forward(const int32_t* ids, int64_t n, bool all_logits, float* logits) {
+  const Segment one{0, n};
+  forward_batch(ids, &one, 1, all_logits, logits);
+}
+
+void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits,
+                               float* logits) {
+  int64_t n = 0;
+  for (int64_t s = 0; s < n_segs; ++s) n += segs[s].n;
+  grow(row_slot_, n); grow(row_pos_, n);
+  for (int64_t s = 0, t = 0; s < n_segs; ++s)
+    for (int64_t i = 0; i < segs[s].n; ++i, ++t) {
+      row_slot_[t] = segs[s].slot;
+      row_pos_[t] = pos_[segs[s].slot] + i;
+    }
   const int64_t dim = cfg_.dim, ffn = cfg_.ffn_dim, hd = cfg_.head_dim, half = hd / 2;
   grow(x_, n * dim); grow(h_, n * dim); grow(o_, n * dim);
   grow(q_, n * q_dim_); grow(att_, n * q_dim_);
@@ -144,10 +157,10 @@ void LlamaModel::forward(const int32_t* ids, int64_t n, bool all_logits, float* 
       if (L.bq) for (int64_t i = 0; i < q_dim_; ++i) q[i] += L.bq[i];
       if (L.bk) for (int64_t i = 0; i < kv_dim_; ++i) k[i] += L.bk[i];
       if (L.bv) for (int64_t i = 0; i < kv_dim_; ++i) v[i] += L.bv[i];
-      const int64_t p = pos_ + t;
+      const int64_t p = row_pos_[t];
       apply_rope(q, cfg_.n_heads, hd, rope_cos_.data() + p * half, rope_sin_.data() + p * half);
       apply_rope(k, cfg_.n_kv_heads, hd, rope_cos_.data() + p * half, rope_sin_.data() + p * half);
-      const int64_t off = (l * cfg_.max_context + p) * kv_dim_;
+      const size_t off = kv_offset(row_slot_[t], l, p);
       if (kv_type_ == KvCacheType::F32) {
         std::copy(k, k + kv_dim_, k_f32_.data() + off);
         std::copy(v, v + kv_dim_, v_f32_.data() + off);
@@ -172,11 +185,15 @@ void LlamaModel::forward(const int32_t* ids, int64_t n, bool all_logits, float* 
     L.w_down->matmul(gate_.data(), n, o_.data(), precise_);
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
   }
-  pos_ += n;
+  for (int64_t s = 0; s < n_segs; ++s) pos_[segs[s].slot] += segs[s].n;
 
-  const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
-  for (int64_t t = 0; t < rows; ++t)
-    rms_norm(x_.data() + (first + t) * dim, w_.final_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
+  // The head runs on every row (all_logits) or on each segment's last row.
+  int64_t rows = 0;
+  for (int64_t s = 0, end = 0; s < n_segs; ++s) {
+    end += segs[s].n;
+    for (int64_t t = all_logits ? end - segs[s].n : end - 1; t < end; ++t, ++rows)
+      rms_norm(x_.data() + t * dim, w_.final_norm, h_.data() + rows * dim, dim, cfg_.norm_eps);
+  }
   w_.output->matmul(h_.data(), rows, logits, precise_);
 }
 

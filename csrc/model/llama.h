@@ -26,38 +26,59 @@ struct ModelWeights {
 
 enum class KvCacheType { F32, F16 };
 
+// One sequence's share of a batched step: `n` consecutive ids that continue the
+// sequence held in KV-cache slot `slot`.
+struct Segment {
+  int64_t slot;
+  int64_t n;
+};
+
 class LlamaModel {
  public:
   // Shapes must already be validated against cfg (the bindings do it, with messages).
   // precise: every integer matmul also uses the activations' int8 residual (formats.h).
   // kernels: the table the attention runs on (the matrices carry their own).
-  LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise, const KernelTable& kernels);
+  // n_slots: independent sequences, each with its own KV cache of max_context tokens.
+  LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise, const KernelTable& kernels,
+             int64_t n_slots = 1);
 
-  // Feeds ids[0..n) at positions [position(), position()+n) and appends their keys and
-  // values to the cache. Writes logits [n, vocab] when all_logits, else the last
-  // token's [vocab]. Caller guarantees position()+n <= max_context and ids < vocab.
+  // Feeds ids[0..n) at positions [position(0), position(0)+n) of slot 0 and appends their
+  // keys and values to the cache. Writes logits [n, vocab] when all_logits, else the
+  // last token's [vocab]. Caller guarantees position(0)+n <= max_context and ids < vocab.
   void forward(const int32_t* ids, int64_t n, bool all_logits, float* logits);
 
-  int64_t position() const { return pos_; }
-  // Forget everything after the first n cached tokens (prompt caching reuses the rest).
-  void truncate(int64_t n) { pos_ = n < pos_ ? n : pos_; }
+  // One step over several sequences at once (continuous batching): segment i's ids
+  // follow segment i-1's in `ids`; every matrix is read once for all rows. Writes the
+  // last row's logits of each segment, [n_segs, vocab]. Caller guarantees distinct
+  // slots, ids < vocab and position(slot)+n <= max_context for each segment.
+  void forward_batch(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits, float* logits);
+
+  int64_t slots() const { return (int64_t)pos_.size(); }
+  int64_t position(int64_t slot = 0) const { return pos_[slot]; }
+  // Forget everything after the first n cached tokens of a slot (prompt caching reuses the rest).
+  void truncate(int64_t n, int64_t slot = 0) { pos_[slot] = n < pos_[slot] ? n : pos_[slot]; }
   const ModelConfig& config() const { return cfg_; }
   int64_t kv_cache_bytes() const;
 
  private:
   void attention(int64_t layer, int64_t n);  // q_, cache -> att_
+  // Element offset of (slot, layer, position) in the K or V cache.
+  size_t kv_offset(int64_t slot, int64_t layer, int64_t p) const {
+    return (size_t)(((slot * cfg_.n_layers + layer) * cfg_.max_context + p) * kv_dim_);
+  }
 
   ModelConfig cfg_;
   ModelWeights w_;
   KvCacheType kv_type_;
   bool precise_;
   const KernelTable* kt_;
-  int64_t pos_ = 0;
+  std::vector<int64_t> pos_;  // [slots] tokens cached per slot
   int64_t q_dim_, kv_dim_;
   std::vector<float> rope_cos_, rope_sin_;  // [max_context, head_dim/2]
-  std::vector<float> k_f32_, v_f32_;        // [layers, max_context, kv_dim] when F32
+  std::vector<float> k_f32_, v_f32_;        // [slots, layers, max_context, kv_dim] when F32
   std::vector<uint16_t> k_f16_, v_f16_;     // same shape when F16
   // Step buffers, grown to the largest n seen (no allocation per decode step):
+  std::vector<int64_t> row_slot_, row_pos_;  // [n] which sequence and position each row is
   std::vector<float> x_;     // [n, dim] residual stream
   std::vector<float> h_;     // [n, dim] normed input of a sublayer
   std::vector<float> q_;     // [n, H·hd]

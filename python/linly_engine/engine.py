@@ -14,11 +14,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from linly_engine.generation import TokenStream
 from linly_engine.model import Model, load_checkpoint
-from linly_engine.sampling import Sampler, SamplingParams
-from linly_engine.stopping import StopStrings
+from linly_engine.sampling import SamplingParams
 from linly_engine.templates import ChatTemplate, Message, check_messages, choose_template
-from linly_engine.tokenizer import StreamDecoder, Tokenizer, load_tokenizer
+from linly_engine.tokenizer import Tokenizer, load_tokenizer
 
 
 class ContextOverflowError(ValueError):
@@ -59,6 +59,37 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if diff.size else n
 
 
+def load_model_and_tokenizer(path: str | os.PathLike | None = None, *, threads: int | None = None,
+                             quant: str | None = None, max_context: int | None = None, kv_cache: str = "f16",
+                             activations: str = "int8x2", slots: int = 1, log=None) -> tuple[Model, Tokenizer]:
+    """The model (None: the default model, converted once into the cache folder) and the
+    tokenizer it carries."""
+    if path is None:
+        from linly_engine.default_model import ensure_default_model
+
+        path = ensure_default_model(log)
+    from linly_engine import _C
+    from linly_engine.formats.packed import carried_files
+
+    if threads is not None:
+        _C.set_num_threads(threads)
+    ck = load_checkpoint(path)
+    tok = load_tokenizer(carried_files(ck), ck.metadata.get("gguf_tokenizer_fields"))
+    model = Model(ck, quant=quant, max_context=max_context, kv_cache=kv_cache, activations=activations, slots=slots)
+    if tok.vocab_size > model.config["vocab_size"]:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's embedding only "
+                         f"{model.config['vocab_size']} rows; they do not belong together")
+    return model, tok
+
+
+def render_chat(template: ChatTemplate, tokenizer: Tokenizer, messages: Sequence[Message]) -> list[int]:
+    """Token ids of a conversation rendered with ``template``, ready for the answer.
+    The rendered text carries its own special tokens, so none are added."""
+    text = template.render(messages, add_generation_prompt=True, bos_token=tokenizer.bos_token,
+                           eos_token=tokenizer.eos_token)
+    return tokenizer.encode(text, add_special=False)
+
+
 class Engine:
     """Generate and chat with a model.
 
@@ -75,9 +106,6 @@ class Engine:
         self.defaults = defaults or SamplingParams()
         self.last_stats = GenerationStats()
         self._cached: list[int] = []  # the ids whose keys and values are in the model's cache
-        if tokenizer.vocab_size > model.config["vocab_size"]:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only "
-                             f"{model.config['vocab_size']} rows; they do not belong together")
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, template: str | None = None, threads: int | None = None,
@@ -87,18 +115,8 @@ class Engine:
         default model, converting it once into the cache folder. ``template``: a built-in
         chat template's name, or None/"auto" for the model's own (Linly-ChatFlow's when the
         model has none)."""
-        if path is None:
-            from linly_engine.default_model import ensure_default_model
-
-            path = ensure_default_model(log)
-        from linly_engine import _C
-        from linly_engine.formats.packed import carried_files
-
-        if threads is not None:
-            _C.set_num_threads(threads)
-        ck = load_checkpoint(path)
-        tok = load_tokenizer(carried_files(ck), ck.metadata.get("gguf_tokenizer_fields"))
-        model = Model(ck, quant=quant, max_context=max_context, kv_cache=kv_cache, activations=activations)
+        model, tok = load_model_and_tokenizer(path, threads=threads, quant=quant, max_context=max_context,
+                                              kv_cache=kv_cache, activations=activations, log=log)
         return cls(model, tok, choose_template(template, tok.chat_template))
 
     # ---- text and ids -------------------------------------------------------------
@@ -146,9 +164,7 @@ class Engine:
             turns = turns[starts[1]:]
 
     def _render(self, messages: Sequence[Message]) -> list[int]:
-        text = self.template.render(messages, add_generation_prompt=True, bos_token=self.tokenizer.bos_token,
-                                    eos_token=self.tokenizer.eos_token)
-        return self.tokenizer.encode(text, add_special=False)
+        return render_chat(self.template, self.tokenizer, messages)
 
     # ---- the generation loop -----------------------------------------------------------
     def generate_ids(self, prompt_ids: Sequence[int], params: SamplingParams,
@@ -183,37 +199,24 @@ class Engine:
         t1 = time.perf_counter()
         stats.prefill_seconds = t1 - t0
 
-        sampler = Sampler(params, logits.size)
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.tokenizer.stop_ids))
-        stops = StopStrings(list(params.stop) + list(extra_stop))
-        detok = StreamDecoder(self.tokenizer, prompt_ids)
-        history = self._cached
+        seq = TokenStream(self.tokenizer, prompt_ids, params, logits.size, extra_stop)
         try:
-            hit = False
-            for _ in range(params.max_new_tokens):
-                token = sampler.sample(logits, history if params.repetition_penalty != 1.0 else ())
-                if token in stop_ids:
-                    stats.finish_reason = "stop"
-                    break
-                stats.generated_tokens += 1
-                text, hit = stops.feed(detok.push(token))
+            while not seq.done:
+                token, text = seq.step(logits, self._cached)
                 if text:
                     yield text
-                if hit:
-                    stats.finish_reason = "stop"
+                if token is None:
                     break
                 if model.position >= n_ctx:  # the cache is full: this token cannot be run
+                    tail = seq.end("length")
+                    if tail:
+                        yield tail
                     break
                 logits = model.decode(token)  # decode_one_token: the hot step
                 self._cached.append(token)
-            if stats.finish_reason == "interrupted":  # the loop ran out: max_new_tokens or the context
-                stats.finish_reason = "length"
-            if not hit:  # text held back for an incomplete character or a possible stop string
-                tail, hit = stops.feed(detok.flush())
-                tail += stops.flush()
-                if tail:
-                    yield tail
         finally:
+            stats.generated_tokens = seq.generated
+            stats.finish_reason = seq.finish_reason or "interrupted"
             stats.decode_seconds = time.perf_counter() - t1
 
     # ---- the public text API -----------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class Model:
     """A LLaMA-family model ready to run: ``prefill`` a prompt, then ``decode`` tokens."""
 
     def __init__(self, checkpoint: Checkpoint, *, quant: str | None = None, max_context: int | None = None,
-                 kv_cache: str = "f16", activations: str = "int8x2") -> None:
+                 kv_cache: str = "f16", activations: str = "int8x2", slots: int = 1) -> None:
         cfg = dict(checkpoint.config)
         ctx = int(max_context or min(cfg.get("max_position_embeddings", 4096), 4096))
         if ctx < 1:
@@ -76,24 +76,26 @@ class Model:
                 weights[name] = np.ascontiguousarray(t.to_f32())
         self.config = cfg
         self.checkpoint = checkpoint
-        self._native = _C.LlamaModel(cfg, weights, kv_cache, activations)
+        self._native = _C.LlamaModel(cfg, weights, kv_cache, activations, slots)
         self.activations = activations
         self._weights = weights
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, threads: int | None = None, quant: str | None = None,
-             max_context: int | None = None, kv_cache: str = "f16", activations: str = "int8x2") -> "Model":
+             max_context: int | None = None, kv_cache: str = "f16", activations: str = "int8x2",
+             slots: int = 1) -> "Model":
         """Loads a Hugging Face folder or a GGUF file.
 
         quant: converts the matrices (``q4_0``, ``q8_0``, ``f16`` …) in memory; None keeps
         the source's formats. activations: how integer matmuls see the activations,
         ``int8x2`` (int8 plus an int8 residual: ~254× smaller activation error, the
         default) or ``int8`` (faster, the precision llama.cpp uses). kv_cache: ``f16``
-        (default, as llama.cpp: half the memory traffic at long contexts) or ``f32``."""
+        (default, as llama.cpp: half the memory traffic at long contexts) or ``f32``.
+        slots: independent sequences with their own KV cache (for batched serving)."""
         if threads is not None:
             _C.set_num_threads(threads)
         return cls(load_checkpoint(path), quant=quant, max_context=max_context, kv_cache=kv_cache,
-                   activations=activations)
+                   activations=activations, slots=slots)
 
     @property
     def position(self) -> int:
@@ -113,13 +115,31 @@ class Model:
         """Runs one token; returns the next logits [vocab]."""
         return self._native.forward(np.array([token_id], dtype=np.int32), False)
 
-    def reset(self) -> None:
-        """Empties the KV cache."""
-        self._native.truncate(0)
+    def forward_batch(self, segments: Sequence[tuple[int, Sequence[int]]]) -> np.ndarray:
+        """One step for several sequences at once: each (slot, ids) continues that slot's
+        cached sequence. Returns each segment's last logits [len(segments), vocab]."""
+        slots = np.array([s for s, _ in segments], dtype=np.int32)
+        lengths = np.array([len(ids) for _, ids in segments], dtype=np.int32)
+        ids = np.concatenate([np.asarray(ids, dtype=np.int32) for _, ids in segments]) if segments else \
+            np.zeros(0, np.int32)
+        return self._native.forward_batch(ids, slots, lengths)
 
-    def truncate(self, n: int) -> None:
-        """Keeps the first n cached tokens (a shared prompt prefix)."""
-        self._native.truncate(n)
+    @property
+    def slots(self) -> int:
+        return self._native.slots
+
+    def slot_position(self, slot: int) -> int:
+        """Tokens cached in a slot."""
+        return self._native.slot_position(slot)
+
+    def reset(self) -> None:
+        """Empties the KV cache (every slot)."""
+        for slot in range(self._native.slots):
+            self._native.truncate(0, slot)
+
+    def truncate(self, n: int, slot: int = 0) -> None:
+        """Keeps the first n cached tokens of a slot (a shared prompt prefix)."""
+        self._native.truncate(n, slot)
 
     def info(self) -> dict[str, Any]:
         """Architecture, hyper-parameters, formats and sizes."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from linly_engine.cli import chat, convert, generate
+from linly_engine.cli import chat, convert, generate, serve
 
 EPILOG = """examples:
   linly chat                                   chat with the default model (SmolLM2-135M-Instruct)
   linly generate "What is the capital of France?" --temperature 0
   linly convert ./Chinese-LLaMA-2-7b-hf model.linly --quant q4_0
   linly chat model.linly --template chinese-llama-2
+  linly serve model.linly --port 8000 --parallel 4
   linly info model.linly"""
 
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chat.add_parser(sub)
     generate.add_parser(sub)
+    serve.add_parser(sub)
     convert.add_parsers(sub)
     return p
 
