@@ -148,7 +148,9 @@ def guarded(default_home):
 
 def test_api_key_guards_everything_but_health(guarded):
     assert httpx.get(guarded.url + "/health").status_code == 200
-    for path in ("/v1/models", "/metrics"):
+    assert httpx.get(guarded.url + "/").status_code == 401
+    assert "linly chat" in httpx.get(guarded.url + "/?api_key=s3cret").text
+    for path in ("/v1/models", "/metrics", "/tokenize"):
         assert httpx.get(guarded.url + path).status_code == 401
         assert httpx.get(guarded.url + path, headers={"Authorization": "Bearer wrong"}).status_code == 401
     c = openai.OpenAI(base_url=guarded.url + "/v1", api_key="wrong", max_retries=0)

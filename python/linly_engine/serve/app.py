@@ -30,7 +30,7 @@ from linly_engine.serve.schemas import (ChatCompletionRequest, CompletionRequest
                                         LinlyChatRequest, Sampling, TokenizeRequest)
 
 PAGE = Path(__file__).with_name("page.html")
-OPEN_PATHS = {"/health", "/"}  # no API key needed: liveness, and the page (it asks for the key itself)
+OPEN_PATHS = {"/health"}  # liveness needs no API key
 
 
 class ApiError(Exception):
@@ -55,6 +55,7 @@ class ServerConfig:
     max_context: Optional[int] = None
     template: Optional[str] = None
     kv_cache: str = "f16"
+    activations: str = "int8x2"
     default_max_tokens: int = 1024
 
 
@@ -77,7 +78,8 @@ class ServerState:
         c = self.config
         try:
             model, tok = load_model_and_tokenizer(c.model_path, threads=c.threads, max_context=c.max_context,
-                                                  kv_cache=c.kv_cache, slots=c.parallel)
+                                                  kv_cache=c.kv_cache, activations=c.activations,
+                                                  slots=c.parallel)
             self.tokenizer = tok
             self.template = choose_template(c.template, tok.chat_template)
             self.model_name = c.model_name or Path(model.checkpoint.source).stem
@@ -134,10 +136,12 @@ def create_app(config: ServerConfig, load_in_background: bool = True) -> FastAPI
         if config.api_key and request.url.path not in OPEN_PATHS:
             auth = request.headers.get("authorization", "")
             token = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+            if request.url.path == "/" and not token:  # a browser cannot send a header when it opens a page
+                token = request.query_params.get("api_key", "")
             if not secrets.compare_digest(token.encode(), config.api_key.encode()):
                 return JSONResponse(error_body("invalid or missing API key (send 'Authorization: Bearer KEY')",
                                                "authentication_error", "invalid_api_key"), status_code=401)
-        if not state.ready and request.url.path not in OPEN_PATHS:
+        if not state.ready and request.url.path not in OPEN_PATHS | {"/"}:
             msg = f"the model failed to load: {state.load_error}" if state.load_error else "the model is loading"
             return JSONResponse(error_body(msg, "server_error", "model_not_ready"), status_code=503)
         return await call_next(request)
