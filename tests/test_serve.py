@@ -162,17 +162,29 @@ def test_api_key_guards_everything_but_health(guarded):
 
 def test_full_queue_gets_429(guarded):
     headers = {"Authorization": "Bearer s3cret"}
-    body = {"prompt": "Once upon a time", "max_tokens": 900, "stream": True, "temperature": 1.0}
-    with httpx.Client(headers=headers, timeout=60) as h:
-        with h.stream("POST", guarded.url + "/v1/completions", json={**body, "ignore_eos": True}) as first:
-            assert first.status_code == 200
-            next(first.iter_lines())  # running in the only slot
-            with h.stream("POST", guarded.url + "/v1/completions", json=body) as second:
-                assert second.status_code == 200  # waits in the queue (bound 1)
-                third = h.post(guarded.url + "/v1/completions", json=body)
-                assert third.status_code == 429 and "busy" in third.json()["error"]["message"]
-    # both streams closed: their slots free again, the server serves
-    ok = httpx.post(guarded.url + "/v1/completions", json={"prompt": "Hello", "max_tokens": 3}, headers=headers, timeout=60)
+    body = {"prompt": "Once upon a time", "max_tokens": 300, "ignore_eos": True, "temperature": 1.0}
+
+    def gauge(name):
+        text = httpx.get(guarded.url + "/metrics", headers=headers).text
+        return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+    def wait_until(cond):
+        end = time.time() + 30
+        while not cond():
+            assert time.time() < end, "timed out"
+            time.sleep(0.02)
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        post = lambda: httpx.post(guarded.url + "/v1/completions", json=body, headers=headers, timeout=120)  # noqa: E731
+        first = pool.submit(post)
+        wait_until(lambda: gauge("linly_busy_slots") == 1)  # the only slot is taken
+        second = pool.submit(post)
+        wait_until(lambda: gauge("linly_queue_depth") == 1)  # the queue (bound 1) is full
+        third = httpx.post(guarded.url + "/v1/completions", json=body, headers=headers, timeout=120)
+        assert third.status_code == 429 and "busy" in third.json()["error"]["message"]
+        assert first.result().status_code == 200 and second.result().status_code == 200  # the queued one ran
+    ok = httpx.post(guarded.url + "/v1/completions", json={"prompt": "Hello", "max_tokens": 3}, headers=headers,
+                    timeout=60)
     assert ok.status_code == 200
 
 

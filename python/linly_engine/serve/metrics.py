@@ -41,7 +41,7 @@ class Metrics:
 
     def observe(self, req: "Request") -> None:
         """One finished generation."""
-        self.requests.labels(req.finish_reason or "unknown").inc()
+        self.requests.labels(req.finish_reason or "cancelled").inc()
         self.prompt_tokens.inc(len(req.prompt_ids))
         self.cached_tokens.inc(req.cached_tokens)
         self.generated_tokens.inc(req.generated)

@@ -137,7 +137,8 @@ class Scheduler:
         free = [s for s in range(self.slots) if s not in self.active]
         while free and self.waiting:
             req = self.waiting.popleft()
-            if req.cancelled:
+            if req.cancelled:  # its client left while it waited
+                req.emit(("done", "cancelled"))
                 continue
             # the free slot whose cache shares the longest prefix with this prompt
             best, reuse = free[0], -1
