@@ -22,7 +22,8 @@ QUESTIONS = ["What is the capital of France?", "Name three colors.", "What is 2+
 
 @pytest.fixture(scope="module")
 def server(default_home):
-    s = Server(["--parallel", "4", "--max-context", "1024"], env={"LINLY_HOME": str(default_home)})
+    s = Server(["--parallel", "4", "--max-context", "1024", "--temperature", "0"],  # greedy unless asked
+               env={"LINLY_HOME": str(default_home)})
     yield s
     s.stop()
 

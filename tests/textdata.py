@@ -23,14 +23,14 @@ CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['con
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
-def train_spm(folder: Path, vocab_size: int = 900) -> Path:
+def train_spm(folder: Path, vocab_size: int = 900, corpus: Path = CORPUS) -> Path:
     """A LLaMA-style SentencePiece model: BPE, byte fallback, digits split, no whitespace
     normalisation, <unk>=0 <s>=1 </s>=2."""
     import sentencepiece as spm
 
     folder.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
-        input=str(CORPUS), model_prefix=str(folder / "tokenizer"), vocab_size=vocab_size, model_type="bpe",
+        input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, split_digits=True, character_coverage=0.98, normalization_rule_name="identity",
         remove_extra_whitespaces=False, add_dummy_prefix=True, allow_whitespace_only_pieces=True,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, num_threads=1)

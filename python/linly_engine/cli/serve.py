@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from linly_engine.cli.options import add_sampling_options, sampling_from_args
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from linly_engine.serve import ServerConfig, serve
@@ -14,7 +16,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("LINLY_API_KEY")
     config = ServerConfig(model_path=args.model, model_name=args.model_name, api_key=api_key, parallel=args.parallel,
                           max_queue=args.max_queue, threads=args.threads, max_context=args.max_context,
-                          template=args.template, kv_cache=args.kv_cache, activations=args.activations)
+                          template=args.template, kv_cache=args.kv_cache, activations=args.activations,
+                          defaults=sampling_from_args(args))
     print(f"linly serve: http://{args.host}:{args.port}/ (OpenAI API under /v1; {args.parallel} slots"
           f"{', API key required' if api_key else ''})", flush=True)
     serve(config, host=args.host, port=args.port, log_level=args.log_level)
@@ -41,5 +44,6 @@ def add_parser(sub) -> None:
     p.add_argument("--kv-cache", choices=["f16", "f32"], default="f16")
     p.add_argument("--activations", choices=["int8x2", "int8"], default="int8x2",
                    help="int8 roughly doubles batched throughput at llama.cpp's activation precision")
+    add_sampling_options(p, max_tokens=1024)  # defaults for what a request leaves out
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)

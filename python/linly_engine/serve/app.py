@@ -57,6 +57,7 @@ class ServerConfig:
     kv_cache: str = "f16"
     activations: str = "int8x2"
     default_max_tokens: int = 1024
+    defaults: Any = None  # SamplingParams for fields a request leaves out (and for Linly's /chat)
 
 
 @dataclass
@@ -160,9 +161,10 @@ def create_app(config: ServerConfig, load_in_background: bool = True) -> FastAPI
             raise ApiError(400, f"the prompt is {prompt_len} tokens but this model's context is {ctx} tokens; "
                                 "shorten it", code="context_length_exceeded", param="messages")
         room = ctx - prompt_len
-        wanted = body.max_new_tokens if body.max_new_tokens is not None else config.default_max_tokens
+        defaults = config.defaults or SamplingParams(max_new_tokens=config.default_max_tokens)
+        wanted = body.max_new_tokens if body.max_new_tokens is not None else defaults.max_new_tokens
         try:
-            return SamplingParams(max_new_tokens=min(wanted, room)).updated(**body.sampling_overrides())
+            return defaults.updated(max_new_tokens=min(wanted, room), **body.sampling_overrides())
         except (ValueError, TypeError) as e:
             raise ApiError(400, str(e)) from None
 

@@ -1,0 +1,1 @@
+"""Training data: readers with line-level error reports, pretraining and instruction sets."""
