@@ -10,6 +10,7 @@ import numpy as np
 
 from linly_engine import _C
 from linly_engine.formats.checkpoint import Checkpoint, Tensor
+from linly_engine.precision import target_format
 
 MATRIX_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
                    "gate_proj.weight", "up_proj.weight", "down_proj.weight")
@@ -70,7 +71,8 @@ class Model:
         for name, t in checkpoint.tensors.items():
             if len(t.shape) == 2:
                 if id(t) not in packed:
-                    packed[id(t)] = pack(t, quant if name.endswith(MATRIX_SUFFIXES + ("embed_tokens.weight", "lm_head.weight")) else None)
+                    wanted = name.endswith(MATRIX_SUFFIXES + ("embed_tokens.weight", "lm_head.weight"))
+                    packed[id(t)] = pack(t, target_format(name, quant, t.fmt) if wanted and quant else None)
                 weights[name] = packed[id(t)]
             else:
                 weights[name] = np.ascontiguousarray(t.to_f32())

@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         return a.func(a)
+    except ImportError as err:
+        print(f"linly-train {a.command}: {err.name or err} is missing; install the training extras: "
+              "pip install torch==2.13.0 (or your CUDA build) && pip install 'linly-engine[train]'", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"linly-train {a.command}: {err}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from linly_engine.cli import chat, convert, generate, serve
+from linly_engine.cli import bench, chat, convert, generate, serve
 
 EPILOG = """examples:
   linly chat                                   chat with the default model (SmolLM2-135M-Instruct)
@@ -13,6 +13,7 @@ EPILOG = """examples:
   linly convert ./Chinese-LLaMA-2-7b-hf model.linly --quant q4_0
   linly chat model.linly --template chinese-llama-2
   linly serve model.linly --port 8000 --parallel 4
+  linly bench model.gguf --threads 1,2 --vs llama.cpp
   linly info model.linly"""
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_parser(sub)
     generate.add_parser(sub)
     serve.add_parser(sub)
+    bench.add_parser(sub)
     convert.add_parsers(sub)
     return p
 

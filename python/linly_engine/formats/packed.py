@@ -36,6 +36,7 @@ import numpy as np
 
 from linly_engine.formats.checkpoint import Checkpoint, Tensor
 from linly_engine.formats.hf import CheckpointError
+from linly_engine.precision import target_format
 
 FORMAT_VERSION = 1
 PANEL_FORMATS = ("q4_0", "q4_1", "q8_0", "q4_g32", "q4_g64", "q4_g128")
@@ -81,7 +82,7 @@ def write_packed(ck: Checkpoint, out: str | Path, quant: str | None,
         if tied and name == "lm_head.weight":  # stored once, as the embedding
             continue
         if len(t.shape) == 2 and name.endswith(MATRIX_NAMES):
-            c = convert_tensor(t, quant or t.fmt)
+            c = convert_tensor(t, target_format(name, quant, t.fmt))
         else:
             c = Tensor(np.ascontiguousarray(t.to_f32()), "f32", t.shape)
         converted[name] = c

@@ -1,0 +1,53 @@
+"""``linly bench``: the standard speed measurement, optionally side by side with peers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from linly_engine import bench
+    from linly_engine.default_model import ensure_default_model
+
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    if not threads or min(threads) < 1:
+        raise ValueError("--threads takes a comma-separated list of positive counts, e.g. 1,2")
+    if args.prompt < 1 or args.gen < 1 or args.repeat < 1:
+        raise ValueError("--prompt, --gen and --repeat must be at least 1")
+    vs = [v.strip() for v in args.vs.split(",") if v.strip()] if args.vs else []
+    path = Path(args.model) if args.model else ensure_default_model()
+    result = bench.run(path, threads, args.prompt, args.gen, args.repeat, vs)
+    rows = result["rows"]
+    print(f"\n{'engine':<13}{'threads':>7}{'prefill tok/s':>15}{'decode tok/s':>14}{'GB/s':>8}{'% of read bw':>14}"
+          f"{'decode vs linly':>17}")
+    base = {r["threads"]: r["decode_tokens_per_s"] for r in rows if r["engine"] == "linly"}
+    for r in rows:
+        gbs = f"{r['weight_gb_per_s']:.1f}" if r["weight_gb_per_s"] else "-"
+        of = f"{100 * r['of_read_bandwidth']:.0f}%" if r["of_read_bandwidth"] else "-"
+        ratio = f"{base[r['threads']] / r['decode_tokens_per_s']:.2f}x" if r["engine"] != "linly" else ""
+        print(f"{r['engine']:<13}{r['threads']:>7}{r['prefill_tokens_per_s']:>15.1f}{r['decode_tokens_per_s']:>14.1f}"
+              f"{gbs:>8}{of:>14}{ratio:>17}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.plot:
+        bench.plot(result, Path(args.plot))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure prefill and decode speed (optionally against llama.cpp, transformers)",
+                       description="Prefill a random prompt, then decode greedily; repeated, median reported, with "
+                                   "the weights' GB/s and the share of the read bandwidth measured in the same run.",
+                       epilog="example: linly bench model.gguf --threads 1,2 --vs llama.cpp,transformers --plot b.png",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", default=None, help="model file or folder (default: the default model)")
+    p.add_argument("--threads", default="2", help="comma-separated thread counts (default 2)")
+    p.add_argument("--prompt", type=int, default=128, help="prompt tokens (default 128)")
+    p.add_argument("--gen", type=int, default=128, help="decoded tokens (default 128)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
+    p.add_argument("--vs", default="", help="peers to run side by side: llama.cpp,transformers")
+    p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.add_argument("--plot", default=None, help="draw a bar chart (PNG) here (needs matplotlib)")
+    p.set_defaults(func=cmd_bench)
