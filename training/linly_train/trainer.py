@@ -2,7 +2,7 @@
 default: one process per device, launched by ``torchrun`` or ``deepspeed``:
 
     torchrun --nproc_per_node 2 -m linly_train.trainer --model DIR --data DIR --out DIR ...
-    deepspeed --num_gpus 8 -m linly_train.trainer ... --config training/configs/zero3_bf16.json
+    deepspeed --num_gpus 8 --module linly_train.trainer ... --config training/configs/zero3_bf16.json
 
 On a CPU the processes talk over gloo; on GPUs over NCCL. Linear warm-up then cosine
 decay, gradient accumulation and clipping (from the DeepSpeed config), optional
