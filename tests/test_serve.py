@@ -122,6 +122,13 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(server, client, mo
     assert "Paris" in ask(client, model_name, QUESTIONS[0])
 
 
+def test_an_oversized_body_is_refused_unread(server, client, model_name):
+    body = json.dumps({"messages": [{"role": "user", "content": "x" * (5 << 20)}]})
+    r = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "at most 4194304" in r.json()["error"]["message"]
+    assert "Paris" in ask(client, model_name, QUESTIONS[0])
+
+
 def test_a_client_that_leaves_mid_stream_frees_its_slot(server):
     body = {"messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 2000, "stream": True,
             "temperature": 0.8, "seed": 1}

@@ -17,7 +17,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(model_path=args.model, model_name=args.model_name, api_key=api_key, parallel=args.parallel,
                           max_queue=args.max_queue, threads=args.threads, max_context=args.max_context,
                           template=args.template, kv_cache=args.kv_cache, activations=args.activations,
-                          defaults=sampling_from_args(args))
+                          defaults=sampling_from_args(args), max_request_bytes=args.max_request_bytes)
     print(f"linly serve: http://{args.host}:{args.port}/ (OpenAI API under /v1; {args.parallel} slots"
           f"{', API key required' if api_key else ''})", flush=True)
     serve(config, host=args.host, port=args.port, log_level=args.log_level)
@@ -37,6 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set LINLY_API_KEY)")
     p.add_argument("--parallel", "-np", type=int, default=4, help="sequences decoded together (KV slots, default 4)")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot before 429")
+    p.add_argument("--max-request-bytes", type=int, default=4 << 20, help="larger bodies get 413 (default 4 MiB)")
     p.add_argument("--model-name", default=None, help="the name /v1/models reports (default: the file name)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("-c", "--max-context", type=int, default=None, help="context per slot (default: model's, ≤4096)")

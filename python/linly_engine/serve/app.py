@@ -57,6 +57,7 @@ class ServerConfig:
     kv_cache: str = "f16"
     activations: str = "int8x2"
     default_max_tokens: int = 1024
+    max_request_bytes: int = 4 << 20  # a body larger than this is refused (413) before it is read
     defaults: Any = None  # SamplingParams for fields a request leaves out (and for Linly's /chat)
 
 
@@ -134,6 +135,11 @@ def create_app(config: ServerConfig, load_in_background: bool = True) -> FastAPI
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) > config.max_request_bytes:
+            return JSONResponse(error_body(f"the request body is {int(size)} bytes; this server accepts at most "
+                                           f"{config.max_request_bytes}", "invalid_request_error",
+                                           "request_too_large"), status_code=413)
         if config.api_key and request.url.path not in OPEN_PATHS:
             auth = request.headers.get("authorization", "")
             token = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
