@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from linly_engine.cli import bench, chat, convert, generate, serve
+from linly_engine.cli import bench, chat, convert, generate, perplexity, serve
 
 EPILOG = """examples:
   linly chat                                   chat with the default model (SmolLM2-135M-Instruct)
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub)
     serve.add_parser(sub)
     bench.add_parser(sub)
+    perplexity.add_parser(sub)
     convert.add_parsers(sub)
     return p
 
