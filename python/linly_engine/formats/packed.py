@@ -73,6 +73,7 @@ def write_packed(ck: Checkpoint, out: str | Path, quant: str | None,
 
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    remove_stale_temporaries(out)
     converted: dict[str, Tensor] = {}
     params = 0
     tied = ck.tensors.get("lm_head.weight") is ck.tensors.get("model.embed_tokens.weight")
@@ -123,6 +124,20 @@ def write_packed(ck: Checkpoint, out: str | Path, quant: str | None,
         raise
     size = out.stat().st_size
     return {"path": str(out), "bytes": size, "parameters": params, "bits_per_weight": 8 * size / max(params, 1)}
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Deletes temporaries of ``out`` left by writers that were killed (their process is gone)."""
+    for p in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def carried_files(ck: Checkpoint) -> dict[str, bytes]:
