@@ -7,12 +7,12 @@ and a random model of TinyLlama-1.1B's shape (22 layers, dim 2048, 32 heads, 4 K
 FFN 5632, vocab 32000) written here as GGUF in q4_0, q8_0 and f16. Each engine runs the
 same GGUF file side by side in this run: linly-engine, llama.cpp through llama-cpp-python
 (when installed) and transformers on torch (f32 weights dequantised from the same file;
-torch has no int4 CPU path). Numbers are never asserted; compare rows of one run.
+torch has no int4 CPU path). Numbers are never asserted; compare rows of one run. The measurements are
+linly_engine.bench's (the code behind `linly bench`), one run each.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import pytest
 
 import linly_engine as le
 from conftest import ROWS
+from linly_engine import bench
 from linly_engine.default_model import find_default_gguf
 
 PROMPT, STEPS = 128, 128
@@ -96,52 +97,23 @@ def models(tmp_path_factory):
     return get
 
 
-def run_linly(path: Path, threads: int, ids: list[int], activations: str = "int8x2") -> tuple[float, float]:
-    m = le.Model.load(path, threads=threads, max_context=PROMPT + STEPS + 8, activations=activations)
-    m.prefill(ids[:8]); m.reset()  # warm: page faults, pool
-    t0 = time.perf_counter(); m.prefill(ids); t1 = time.perf_counter()
-    tok = ids[-1]
-    for _ in range(STEPS):
-        tok = int(np.argmax(m.decode(tok)))
-    t2 = time.perf_counter()
-    return PROMPT / (t1 - t0), STEPS / (t2 - t1)
+def run_linly(path: Path, threads: int) -> tuple[float, float]:
+    return bench.bench_linly(path, threads, PROMPT, STEPS, repeat=1)[0]
 
 
-def run_llama_cpp(path: Path, threads: int, ids: list[int]) -> tuple[float, float]:
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=512,
-                          n_batch=512, verbose=False)
-    llm.eval(ids[:8]); llm.reset()
-    t0 = time.perf_counter(); llm.eval(ids); t1 = time.perf_counter()
-    tok = ids[-1]
-    for _ in range(STEPS):
-        llm.eval([tok])
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    t2 = time.perf_counter()
-    return PROMPT / (t1 - t0), STEPS / (t2 - t1)
+def run_linly_int8(path: Path, threads: int) -> tuple[float, float]:
+    return bench.bench_linly(path, threads, PROMPT, STEPS, repeat=1, activations="int8")[0]
 
 
-def run_transformers(path: Path, threads: int, ids: list[int]) -> tuple[float, float]:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.set_num_threads(threads)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    model.eval()
-    with torch.no_grad():
-        x = torch.tensor([ids])
-        t0 = time.perf_counter()
-        out = model(x, use_cache=True)
-        t1 = time.perf_counter()
-        past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
-        for _ in range(STEPS):
-            out = model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
-            past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
-        t2 = time.perf_counter()
-    return PROMPT / (t1 - t0), STEPS / (t2 - t1)
+def run_llama_cpp(path: Path, threads: int) -> tuple[float, float]:
+    pytest.importorskip("llama_cpp")
+    return bench.bench_llama_cpp(path, threads, PROMPT, STEPS, repeat=1)
 
 
-def run_linly_int8(path: Path, threads: int, ids: list[int]) -> tuple[float, float]:
-    return run_linly(path, threads, ids, "int8")
+def run_transformers(path: Path, threads: int) -> tuple[float, float]:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return bench.bench_transformers(path, threads, PROMPT, STEPS, repeat=1)
 
 
 # linly: the default int8x2 activations (int8 + residual: near-f32 accuracy); linly-int8:
@@ -158,11 +130,10 @@ def test_e2e(benchmark, models, model, threads, engine):
     if engine == "transformers" and model.startswith("tiny") and threads == 1:
         pytest.skip("transformers at 1 thread on 1.1B: minutes per row, adds nothing")
     path = models(model)
-    ids = [int(t) for t in np.random.default_rng(1).integers(100, 30000, PROMPT)]
     result = {}
 
     def once():
-        result["pp"], result["tg"] = ENGINES[engine](path, threads, ids)
+        result["pp"], result["tg"] = ENGINES[engine](path, threads)
 
     benchmark.pedantic(once, rounds=1, iterations=1)
     row = {"model": model, "threads": threads, "engine": engine,

@@ -69,8 +69,10 @@ def bench_linly(path: Path, threads: int, prompt: int, gen: int, repeat: int,
 def bench_llama_cpp(gguf: Path, threads: int, prompt: int, gen: int, repeat: int) -> tuple[float, float]:
     import llama_cpp
 
+    n_ctx = prompt + gen + 8
+    # n_batch = n_ctx: llama-cpp-python keeps n_batch rows of scores, indexed by position
     llm = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads,
-                          n_ctx=prompt + gen + 8, n_batch=max(prompt, 8), verbose=False)
+                          n_ctx=n_ctx, n_batch=n_ctx, verbose=False)
     ids = prompt_ids(llm.n_vocab(), prompt)
     llm.eval(ids[:8])
 

@@ -51,7 +51,8 @@ class GenerationStats:
                 f"{self.decode_tokens_per_s:.1f} tok/s")
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids two sequences share."""
     n = min(len(a), len(b))
     if n == 0:
         return 0
@@ -188,7 +189,7 @@ class Engine:
         # The KV cache is authoritative for how many tokens are cached (an interrupt can
         # land between a native step and the bookkeeping here).
         del self._cached[model.position:]
-        reuse = min(_common_prefix(self._cached, prompt_ids), len(prompt_ids) - 1)
+        reuse = min(common_prefix(self._cached, prompt_ids), len(prompt_ids) - 1)
         model.truncate(reuse)
         del self._cached[reuse:]
         stats.cached_tokens = reuse

@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -122,14 +121,6 @@ def ds_config(args: argparse.Namespace, world: int) -> dict[str, Any]:
     return cfg
 
 
-def copy_hf_files(model_dir: Path, dest: Path) -> None:
-    """config, tokenizer and generation files, so the output can be exported on its own."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in model_dir.iterdir():
-        if f.is_file() and f.suffix in (".json", ".model", ".jinja") and not f.name.endswith(".index.json"):
-            shutil.copy(f, dest / f.name)
-
-
 def plot_losses(log_file: Path, png: Path) -> None:
     import matplotlib
 
@@ -161,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
+    from linly_train.tokenizer import copy_model_files, folder_tokenizer
+
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -168,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_dir = out / "checkpoints"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        copy_hf_files(Path(args.model), out / "hf_files")
+        copy_model_files(args.model, out / "hf_files")  # so the run can be exported on its own
         if not args.resume and (out / "log.jsonl").exists():
             (out / "log.jsonl").unlink()
     dist.barrier()
@@ -187,8 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, sched_fn))
 
     train, val = open_data(args.data, "train"), open_data(args.data, "val")
-    from linly_train.tokenizer import folder_tokenizer
-
     tok = folder_tokenizer(args.model)
     pad_id = tok.eos_id if tok.eos_id is not None else 0
     order = Order(len(train), args.seed, args.micro_batch, args.grad_accum, world)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -108,16 +107,13 @@ def extend_model(model_dir: str | Path, out_dir: str | Path, corpus: Sequence[st
     from transformers import AutoModelForCausalLM
 
     from linly_engine.tokenizer import load_tokenizer
-    from linly_train.tokenizer import folder_tokenizer
+    from linly_train.tokenizer import copy_model_files, folder_tokenizer
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     old = folder_tokenizer(model_dir)
     addition = train_spm(corpus, vocab_size)
     pieces = new_pieces(addition)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for f in model_dir.iterdir():  # tokenizer side files, configs
-        if f.is_file() and f.suffix in (".json", ".model", ".jinja") and not f.name.endswith(".index.json"):
-            shutil.copy(f, out_dir / f.name)
+    copy_model_files(model_dir, out_dir)
     if (model_dir / "tokenizer.json").is_file():
         blob, added = extend_tokenizer_json((model_dir / "tokenizer.json").read_bytes(), pieces)
         (out_dir / "tokenizer.json").write_bytes(blob)

@@ -7,7 +7,8 @@ zh-en pairs) → Chinese instruction tuning → export → chat through the engi
 Everything lands in the work folder; ``report.json`` holds the numbers training/README.md
 quotes. Perplexity protocol (the same for every model): the held-out text is tokenised
 once (the engine's tokenizer, BOS first), cut into non-overlapping windows of --ctx
-tokens, and every predicted position of every window is scored; ppl = exp(mean NLL).
+tokens, and every predicted position of every window is scored; ppl = exp(mean NLL)
+(``linly_engine.perplexity``, the code behind ``linly perplexity``).
 """
 
 from __future__ import annotations
@@ -54,39 +55,17 @@ def heldout_ids(work: Path, model_dir: Path) -> list[int]:
     return [tok.bos_id] + tok.encode(text, add_special=False)
 
 
-def windows(ids: list[int], ctx: int) -> list[list[int]]:
-    return [ids[i:i + ctx] for i in range(0, len(ids) - 1, ctx) if len(ids[i:i + ctx]) > 1]
-
-
-def nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(-1, keepdims=True)
-    return np.log(np.exp(z).sum(-1)) - z[np.arange(len(targets)), targets]
-
-
 def ppl_transformers(model_dir: Path, ids: list[int], ctx: int) -> float:
-    import torch
-    from transformers import AutoModelForCausalLM
+    from linly_engine import perplexity
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    losses = []
-    with torch.no_grad():
-        for w in windows(ids, ctx):
-            logits = model(torch.tensor([w])).logits[0, :-1].numpy()
-            losses.append(nll(logits, np.array(w[1:])))
-    return float(np.exp(np.concatenate(losses).mean()))
+    return perplexity.score(perplexity.hf_runner(model_dir), ids, ctx).ppl
 
 
 def ppl_engine(packed: Path, ids: list[int], ctx: int) -> float:
     import linly_engine as le
+    from linly_engine import perplexity
 
-    model = le.Model.load(packed, max_context=ctx)
-    losses = []
-    for w in windows(ids, ctx):
-        model.reset()
-        logits = model.prefill(w, all_logits=True)[:-1]
-        losses.append(nll(logits, np.array(w[1:])))
-    return float(np.exp(np.concatenate(losses).mean()))
+    return perplexity.score(perplexity.engine_runner(le.Model.load(packed, max_context=ctx)), ids, ctx).ppl
 
 
 def chat_samples(packed: Path) -> list[dict[str, str]]:

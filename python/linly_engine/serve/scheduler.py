@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from linly_engine.engine import common_prefix
 from linly_engine.generation import TokenStream
 from linly_engine.model import Model
 from linly_engine.sampling import SamplingParams
@@ -143,12 +144,12 @@ class Scheduler:
             # the free slot whose cache shares the longest prefix with this prompt
             best, reuse = free[0], -1
             for s in free:
-                n = _common_prefix(self.slot_ids[s], req.prompt_ids)
+                n = common_prefix(self.slot_ids[s], req.prompt_ids)
                 if n > reuse:
                     best, reuse = s, n
             free.remove(best)
             del self.slot_ids[best][self.model.slot_position(best):]  # in step with the cache after a failed step
-            reuse = _common_prefix(self.slot_ids[best], req.prompt_ids)
+            reuse = common_prefix(self.slot_ids[best], req.prompt_ids)
             reuse = min(reuse, len(req.prompt_ids) - 1)  # at least one token runs, for its logits
             self.model.truncate(reuse, best)
             del self.slot_ids[best][reuse:]
@@ -208,12 +209,3 @@ class Scheduler:
         req.finished_at = time.perf_counter()
         self.counters.generated_tokens += req.generated
         req.emit(event)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
