@@ -60,9 +60,16 @@ class ChatTemplate:
     def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
                bos_token: str | None = "", eos_token: str | None = "", **extra: Any) -> str:
         """The prompt text for ``messages``."""
+        from jinja2.exceptions import TemplateError
+
         check_messages(messages)
-        return _compile(self.source).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                            bos_token=bos_token or "", eos_token=eos_token or "", **extra)
+        try:
+            return _compile(self.source).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                                bos_token=bos_token or "", eos_token=eos_token or "", **extra)
+        except (TemplateError, TypeError, ArithmeticError, LookupError, AttributeError) as e:
+            # The template's own raise_exception, an undefined name, a sandbox refusal or a
+            # type error inside it: the caller (the service: 400) needs a ValueError.
+            raise ValueError(f"the chat template '{self.name}' failed: {type(e).__name__}: {e}") from None
 
 
 BUILTIN: dict[str, ChatTemplate] = {

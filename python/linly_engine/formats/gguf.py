@@ -37,10 +37,51 @@ def _reader(path: Path):
     import gguf
 
     try:
-        return gguf.GGUFReader(path, "r")
+        reader = gguf.GGUFReader(path, "r")
     except Exception as e:  # gguf-py raises ValueError, struct errors, IndexError... on bad files
         raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); "
                               "the file is truncated or corrupt") from None
+    if reader.get_field("linly.format_version") is not None:
+        check_packed_metadata(path, reader)
+    return reader
+
+
+# A dimension past this is no model's: it would overflow the byte counts computed from it.
+MAX_DIM = 1 << 31
+
+
+def check_packed_metadata(path: Path, reader) -> None:
+    """The engine's own keys in a packed .linly file have the types and shapes its reader
+    relies on (fuzzing found files whose tensor table lacked keys or held wrong types)."""
+    import json
+
+    def blob(key: str, kind: type, required: bool = True) -> Any:
+        raw = _field(reader, key)
+        if raw is None and not required:
+            return None
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else None
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, kind):
+            raise CheckpointError(f"{path}: packed metadata '{key}' is missing or corrupt (expected a JSON "
+                                  f"{kind.__name__}); convert the model again")
+        return value
+
+    blob("linly.config", dict)
+    for name, spec in blob("linly.tensors", dict).items():
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if not (isinstance(spec, dict) and isinstance(spec.get("fmt"), str)
+                and spec.get("layout") in ("rows", "panel16") and isinstance(shape, list) and 1 <= len(shape) <= 2
+                and all(type(d) is int and 0 < d < MAX_DIM for d in shape)):
+            raise CheckpointError(f"{path}: packed tensor table entry {name!r} is corrupt (needs fmt, a shape of "
+                                  f"1 or 2 positive sizes and a layout, got {spec!r:.120}); convert the model again")
+    files = blob("linly.files", list, required=False)
+    if files is not None and not all(isinstance(n, str) for n in files):
+        raise CheckpointError(f"{path}: packed metadata 'linly.files' must list file names; convert the model again")
+    for key in ("linly.sha256", "linly.tool", "linly.source"):
+        if not isinstance(_field(reader, key, ""), str):
+            raise CheckpointError(f"{path}: packed metadata '{key}' is not a string; convert the model again")
 
 
 def _field(reader, key: str, default: Any = None) -> Any:
