@@ -3,6 +3,7 @@ engine's packed file, in one step."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,40 @@ def export(run_dir: str | Path, out: str | Path, quant: str | None = "q4_0", tag
     if config.tie_word_embeddings:
         model.tie_weights()
     hf = Path(hf_dir) if hf_dir else out.with_name(out.stem + "-hf")
-    model.save_pretrained(hf, safe_serialization=True)
-    for f in files.iterdir():
-        if f.name != "config.json":
-            shutil.copy(f, hf / f.name)
+    # Crash safety: the folder is written under a temporary name and renamed in when
+    # complete (the packed file is written the same way by write_packed).
+    tmp = hf.with_name(f".{hf.name}.tmp-{os.getpid()}")
+    for stale in hf.parent.glob(f".{hf.name}.*-*"):  # dead writers' temporaries
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            if ".old-" in stale.name and not hf.exists():  # killed between the two renames below
+                os.replace(stale, hf)
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in files.iterdir():
+            if f.name != "config.json":
+                shutil.copy(f, tmp / f.name)
+        if hf.exists():  # a directory cannot be renamed over a full one: move the old one aside first
+            old = hf.with_name(f".{hf.name}.old-{os.getpid()}")
+            os.replace(hf, old)
+            os.replace(tmp, hf)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, hf)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     summary = write_packed(load_checkpoint(hf), out, quant)
     return {"checkpoint": str(ckpt_dir / tag), "hf": str(hf), **summary}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

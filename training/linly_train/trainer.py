@@ -121,6 +121,58 @@ def ds_config(args: argparse.Namespace, world: int) -> dict[str, Any]:
     return cfg
 
 
+INCOMPLETE = ".incomplete"  # checkpoints being written live here until every rank is done
+
+
+def save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict[str, Any], rank: int) -> None:
+    """A crash-safe DeepSpeed checkpoint: every rank writes into ``.incomplete/<tag>``;
+    once all have finished, rank 0 renames the folder to ``<tag>`` and then points
+    ``latest`` at it (written to a temporary and renamed). A process killed at any moment
+    leaves the previous checkpoint and ``latest`` as they were, and nothing under a
+    checkpoint's final name that is not complete."""
+    import shutil
+
+    import torch.distributed as dist
+
+    staging = ckpt_dir / INCOMPLETE
+    if rank == 0:
+        shutil.rmtree(staging, ignore_errors=True)  # a killed run's leftovers
+        staging.mkdir(parents=True)
+    dist.barrier()
+    engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
+    dist.barrier()  # every rank's shards are on disk
+    if rank == 0:
+        final = ckpt_dir / tag
+        if final.exists():  # the same step saved again (a rerun): the new one replaces it
+            shutil.rmtree(final)
+        os.replace(staging / tag, final)
+        for script in staging.glob("*.py"):  # DeepSpeed's zero_to_fp32.py and kin, beside the checkpoints
+            os.replace(script, ckpt_dir / script.name)
+        write_atomic(ckpt_dir / "latest", tag)
+    dist.barrier()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The checkpoint to resume from: the one ``latest`` names if its folder is there,
+    else the highest ``step<N>`` folder; never one under ``.incomplete``."""
+    latest = ckpt_dir / "latest"
+    if latest.is_file():
+        tag = latest.read_text().strip()
+        if tag and tag != INCOMPLETE and (ckpt_dir / tag).is_dir():
+            return tag
+    steps = [p.name for p in ckpt_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit()]
+    return max(steps, key=lambda n: int(n[4:]), default=None)
+
+
 def plot_losses(log_file: Path, png: Path) -> None:
     import matplotlib
 
@@ -186,9 +238,12 @@ def main(argv: list[str] | None = None) -> int:
 
     start = 0
     if args.resume:
-        path, client = engine.load_checkpoint(str(ckpt_dir))
+        tag = complete_checkpoint(ckpt_dir)
+        if tag is None:
+            raise SystemExit(f"--resume: no complete checkpoint in {ckpt_dir}")
+        path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
         if path is None:
-            raise SystemExit(f"--resume: no checkpoint in {ckpt_dir}")
+            raise SystemExit(f"--resume: checkpoint {tag} in {ckpt_dir} could not be loaded")
         start = int(client["step"])
         if rank == 0:
             print(f"resumed from {path} at step {start}", flush=True)
@@ -217,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return mean, math.exp(min(mean, 50))
 
     def save(step: int) -> None:
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}", client_state={"step": step})
+        save_checkpoint(engine, ckpt_dir, f"step{step}", {"step": step}, rank)
 
     engine.train()
     t_start = time.perf_counter()
