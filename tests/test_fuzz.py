@@ -70,3 +70,43 @@ def test_short_campaign(target, tmp_path):
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
     assert "Done " in log and " runs in " in log, log[-2000:]
+
+
+def test_a_pickle_that_is_not_a_state_dict_is_a_clear_error(tmp_path):
+    from linly_engine.formats.hf import CheckpointError, read_torch_bin
+
+    p = tmp_path / "pytorch_model.bin"
+    p.write_bytes((FUZZ / "regressions" / "torch_bin" / "pickle-of-a-string").read_bytes())
+    with pytest.raises(CheckpointError, match="not a state dict of named tensors"):
+        read_torch_bin(p)
+
+
+def test_gguf_vocabulary_with_bad_entries_is_a_clear_error():
+    import json
+
+    from linly_engine.tokenizer import TokenizerError, tokenizer_from_gguf_fields
+
+    blob = (FUZZ / "regressions" / "tokenizer_files" / "gguf-token-with-lone-surrogate").read_bytes()[1:]
+    with pytest.raises(TokenizerError, match="is not valid UTF-8 text"):
+        tokenizer_from_gguf_fields(json.loads(blob))
+    good = json.loads((FUZZ / "seeds" / "tokenizer_files" / "gguf_fields").read_bytes()[1:])
+    for key, bad, words in (("tokenizer.ggml.tokens", 7, "not a str"), ("tokenizer.ggml.scores", "x", "not a"),
+                            ("tokenizer.ggml.token_type", None, "not a int"),
+                            ("tokenizer.ggml.unknown_token_id", "0", "must be an integer")):
+        fields = json.loads(json.dumps(good))
+        if isinstance(fields[key], list):
+            fields[key][5] = bad
+        else:
+            fields[key] = bad
+        with pytest.raises(TokenizerError, match=words):
+            tokenizer_from_gguf_fields(fields)
+    assert tokenizer_from_gguf_fields(good).vocab_size == len(good["tokenizer.ggml.tokens"])
+
+
+def test_stream_decoder_with_out_of_range_context_says_so():
+    from linly_engine.tokenizer import StreamDecoder, TokenizerError
+
+    tok = harnesses.fixed_tokenizers()[0]
+    stream = StreamDecoder(tok, [tok.vocab_size + 4])
+    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+        stream.push(5)

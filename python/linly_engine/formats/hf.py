@@ -134,7 +134,9 @@ def read_torch_bin(path: Path) -> dict[str, Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises many kinds for a bad file
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
-    return {name: tensor_from_torch(t) for name, t in state.items() if hasattr(t, "dtype")}
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a pickled {type(state).__name__}, not a state dict of named tensors")
+    return {str(name): tensor_from_torch(t) for name, t in state.items() if isinstance(t, torch.Tensor)}
 
 
 def tensor_from_torch(t) -> Tensor:

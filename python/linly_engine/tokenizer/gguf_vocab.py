@@ -56,6 +56,21 @@ def _merges_from_scores(tokens: list[str], scores: list[float], vocab: dict[str,
     return [(left, right) for *_, left, right in ranked]
 
 
+def _check_list(fields: dict[str, Any], key: str, kind) -> None:
+    """Every element of a list field has the type the vocabulary needs, and strings are
+    valid UTF-8 (a packed file carries these fields as JSON, which can hold anything,
+    lone surrogates included: fuzzing found both)."""
+    for i, v in enumerate(fields[key]):
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise TokenizerError(f"GGUF {key}[{i}] is {v!r:.40}, not a {getattr(kind, '__name__', 'number')}; "
+                                 "the vocabulary is corrupt")
+        if kind is str:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise TokenizerError(f"GGUF {key}[{i}] is not valid UTF-8 text; the vocabulary is corrupt") from None
+
+
 def tokenizer_from_gguf_fields(fields: dict[str, Any]) -> HFTokenizer:
     """An HFTokenizer from a GGUF file's ``tokenizer.*`` fields."""
     from tokenizers import AddedToken, Tokenizer as Backend, decoders, models, normalizers
@@ -65,16 +80,21 @@ def tokenizer_from_gguf_fields(fields: dict[str, Any]) -> HFTokenizer:
     if not isinstance(tokens, list) or not tokens:
         raise TokenizerError("the GGUF file has no vocabulary (tokenizer.ggml.tokens)")
     n = len(tokens)
+    _check_list(fields, "tokenizer.ggml.tokens", str)
     types = list(fields.get("tokenizer.ggml.token_type") or [NORMAL] * n)
     if len(types) != n:
         raise TokenizerError(f"GGUF tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
+    _check_list({"types": types}, "types", int)
     vocab = {t: i for i, t in enumerate(tokens)}
 
     if model == "llama":
         scores = list(fields.get("tokenizer.ggml.scores") or [])
         if len(scores) != n:
             raise TokenizerError(f"GGUF tokenizer.ggml.scores has {len(scores)} entries for {n} tokens")
+        _check_list({"tokenizer.ggml.scores": scores}, "tokenizer.ggml.scores", (int, float))
         unk_id = fields.get("tokenizer.ggml.unknown_token_id", 0)
+        if type(unk_id) is not int:
+            raise TokenizerError(f"GGUF tokenizer.ggml.unknown_token_id must be an integer, got {unk_id!r:.40}")
         mergeable = [t if ty in (NORMAL, UNUSED) else "" for t, ty in zip(tokens, types)]
         backend = Backend(models.BPE(vocab, _merges_from_scores(mergeable, scores, vocab),
                                      unk_token=tokens[unk_id] if 0 <= unk_id < n else None,
@@ -91,6 +111,7 @@ def tokenizer_from_gguf_fields(fields: dict[str, Any]) -> HFTokenizer:
         merges = fields.get("tokenizer.ggml.merges")
         if not isinstance(merges, list):
             raise TokenizerError("the GGUF byte-level BPE vocabulary has no merges (tokenizer.ggml.merges)")
+        _check_list(fields, "tokenizer.ggml.merges", str)
         pairs = []
         for m in merges:
             left, sep, right = m.partition(" ")
