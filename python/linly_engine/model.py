@@ -56,6 +56,49 @@ def pack(t: Tensor, quant: str | None) -> _C.PackedMatrix:
     return _C.PackedMatrix(_C.quantize(t.to_f32(), target), target, k)
 
 
+def memory_needed(cfg: dict[str, Any], tensors: dict[str, Tensor], slots: int, kv_cache: str) -> dict[str, int]:
+    """Bytes a model will hold, from its config and its weights' declared shapes: weights,
+    KV cache (every slot, the whole context) and the decoder's scratch for one
+    context-long step. Python integers, so absurd sizes cannot overflow."""
+    def dim(key: str) -> int:
+        try:
+            return max(0, int(cfg.get(key) or 0))
+        except (TypeError, ValueError):
+            return 0  # the native config check names the bad key
+
+    hidden, layers, heads = dim("hidden_size"), dim("num_hidden_layers"), dim("num_attention_heads")
+    head_dim = dim("head_dim") or (hidden // heads if heads else 0)
+    kv_dim = (dim("num_key_value_heads") or heads) * head_dim
+    ctx, ffn, vocab = dim("max_context"), dim("intermediate_size"), dim("vocab_size")
+    weights = 0
+    for t in {id(t): t for t in tensors.values()}.values():  # a tied head counted once
+        n = 1
+        for d in t.shape:
+            n *= max(0, int(d))
+        info = _C.format_info(t.fmt) if len(t.shape) == 2 else {"block_elems": 1, "block_bytes": 4}
+        weights += max(int(np.asarray(t.array).nbytes), -(-n // info["block_elems"]) * info["block_bytes"])
+    kv = 2 * max(1, slots) * layers * ctx * kv_dim * (4 if kv_cache == "f32" else 2)
+    scratch = 4 * ctx * (3 * hidden + 2 * heads * head_dim + 2 * kv_dim + 2 * ffn + head_dim) + 4 * vocab
+    return {"weights": weights, "kv_cache": kv, "scratch": scratch, "total": weights + kv + scratch}
+
+
+def check_memory(cfg: dict[str, Any], tensors: dict[str, Tensor], slots: int, kv_cache: str) -> None:
+    """Refuses, before anything is allocated, a model that needs more memory than the
+    machine has (a file with a huge vocabulary or context would otherwise end in an
+    allocation failure deep in the native code, or in the OOM killer)."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: nothing to compare with
+        return
+    need = memory_needed(cfg, tensors, slots, kv_cache)
+    if need["total"] > physical:
+        raise ValueError(
+            f"this model needs about {need['total']} bytes ({need['total'] / 2**30:.1f} GiB: weights "
+            f"{need['weights']}, KV cache {need['kv_cache']} for {slots} slot(s) x {cfg.get('max_context')} "
+            f"positions, scratch {need['scratch']}) but this machine has {physical} bytes of memory; "
+            "use a smaller max_context, fewer slots or a smaller (quantised) model")
+
+
 class Model:
     """A LLaMA-family model ready to run: ``prefill`` a prompt, then ``decode`` tokens."""
 
@@ -66,6 +109,7 @@ class Model:
         if ctx < 1:
             raise ValueError(f"max_context must be >= 1, got {ctx}")
         cfg["max_context"] = ctx
+        check_memory(cfg, checkpoint.tensors, slots, kv_cache)
         weights: dict[str, Any] = {}
         packed: dict[int, _C.PackedMatrix] = {}  # a tied head shares the embedding's matrix
         for name, t in checkpoint.tensors.items():

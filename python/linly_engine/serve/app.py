@@ -44,6 +44,34 @@ def error_body(message: str, type_: str, code: Optional[str] = None, param: Opti
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+class BodyLimit:
+    """Counts a request body as it arrives and refuses it (413) past ``limit`` bytes. The
+    guard below refuses a declared Content-Length up front; a chunked body declares none,
+    so without this it would be read whole, whatever its size."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # FastAPI passes an HTTPException raised while reading the body through
+                    # to the handler below, which answers with its status.
+                    raise StarletteHTTPException(413, f"the request body is over {self.limit} bytes; this server "
+                                                      f"accepts at most {self.limit}")
+            return message
+
+        await self.app(scope, counted, send)
+
+
 @dataclass
 class ServerConfig:
     model_path: Optional[str] = None  # None: the default model
@@ -107,6 +135,7 @@ def create_app(config: ServerConfig, load_in_background: bool = True) -> FastAPI
 
     app = FastAPI(title="linly-engine", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.linly = state
+    app.add_middleware(BodyLimit, limit=config.max_request_bytes)
 
     # ---- errors: OpenAI-style JSON, never a stack trace -----------------------------------
     @app.exception_handler(ApiError)
