@@ -110,3 +110,18 @@ def test_stream_decoder_with_out_of_range_context_says_so():
     stream = StreamDecoder(tok, [tok.vocab_size + 4])
     with pytest.raises(TokenizerError, match="outside the vocabulary"):
         stream.push(5)
+
+
+def test_model_sizes_that_cannot_be_right_are_clear_errors(tmp_path):
+    import json
+
+    from linly_engine.formats.hf import CheckpointError
+    from linly_engine.formats.meta import load_tencentpretrain
+
+    (tmp_path / "linly_model.bin").write_bytes((FUZZ / "seeds" / "torch_bin" / "linly_model.bin").read_bytes())
+    for cfg, words in (({"emb_size": 32, "heads_num": 0, "layers_num": 1}, "must be positive"),
+                       ({"emb_size": 32, "heads_num": 3, "layers_num": 1}, "multiple of heads"),
+                       ({"emb_size": 32, "heads_num": 2, "kv_heads_num": 3, "layers_num": 1}, "rotary pairs")):
+        (tmp_path / "llama_config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError, match=words):
+            load_tencentpretrain(tmp_path / "linly_model.bin")

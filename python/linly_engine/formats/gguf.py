@@ -119,6 +119,9 @@ def canonical_name(name: str) -> str | None:
 def unpermute_rows(a: np.ndarray, n_head: int) -> np.ndarray:
     """Meta's interleaved rotary rows -> HF's rotate-half rows (inverse of llama.cpp's permute)."""
     rows = a.shape[0]
+    if n_head <= 0 or rows % (2 * n_head):
+        raise CheckpointError(f"a q/k weight of {rows} rows cannot be split into {n_head} heads of rotary pairs; "
+                              "the head count in the model's metadata does not fit its weights")
     return np.ascontiguousarray(a.reshape(n_head, rows // n_head // 2, 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape))
 
 
@@ -131,37 +134,43 @@ def load_gguf(path: str | Path, reader=None) -> Checkpoint:
     if arch not in ("llama", "qwen2"):
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported (supported: llama, qwen2)")
 
-    def hp(key: str, default: Any = None, required: bool = True) -> Any:
+    def hp(key: str, default: Any = None, required: bool = True, kind: type = int) -> Any:
         v = _field(r, f"{arch}.{key}", default)
-        if v is None and required:
-            raise CheckpointError(f"{path}: GGUF metadata lacks '{arch}.{key}'")
-        return v
+        if v is None:
+            if required:
+                raise CheckpointError(f"{path}: GGUF metadata lacks '{arch}.{key}'")
+            return None
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or \
+                (kind is int and not 0 < v < (1 << 40)):
+            raise CheckpointError(f"{path}: GGUF metadata '{arch}.{key}' is {v!r:.40}; it must be a "
+                                  f"{'positive integer' if kind is int else 'number'}")
+        return kind(v)
 
     tok_fields = tokenizer_fields(r)  # read once: the vocabulary arrays are the slow part
     tokens = tok_fields.get("tokenizer.ggml.tokens")
-    heads = int(hp("attention.head_count"))
-    hidden = int(hp("embedding_length"))
-    kv_heads = int(hp("attention.head_count_kv", heads))
+    heads = hp("attention.head_count")
+    hidden = hp("embedding_length")
+    kv_heads = hp("attention.head_count_kv", heads)
     scaling = None
     kind = _field(r, f"{arch}.rope.scaling.type")
     if kind == "linear":
-        scaling = {"rope_type": "linear", "factor": float(hp("rope.scaling.factor"))}
+        scaling = {"rope_type": "linear", "factor": hp("rope.scaling.factor", kind=float)}
     elif kind not in (None, "none"):
         raise CheckpointError(f"{path}: rope scaling {kind!r} is not supported (supported: linear)")
     config = {
         "architecture": arch,
-        "vocab_size": int(hp("vocab_size", len(tokens) if tokens else None)),
+        "vocab_size": hp("vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None),
         "hidden_size": hidden,
-        "num_hidden_layers": int(hp("block_count")),
+        "num_hidden_layers": hp("block_count"),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "head_dim": int(hp("attention.key_length", hidden // heads)),
-        "intermediate_size": int(hp("feed_forward_length")),
-        "rms_norm_eps": float(hp("attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(hp("rope.freq_base", 10000.0)),
+        "head_dim": hp("attention.key_length", hidden // heads),
+        "intermediate_size": hp("feed_forward_length"),
+        "rms_norm_eps": hp("attention.layer_norm_rms_epsilon", 1e-5, kind=float),
+        "rope_theta": hp("rope.freq_base", 10000.0, kind=float),
         "rope_scaling": scaling,
         "qkv_bias": arch == "qwen2",
-        "max_position_embeddings": int(hp("context_length", 2048)),
+        "max_position_embeddings": hp("context_length", 2048),
     }
 
     tensors: dict[str, Tensor] = {}

@@ -85,6 +85,9 @@ def _finish(tensors: dict[str, Tensor], where: Path, dim: int, layers: int, head
             eps: float, theta: float, max_pos: int) -> dict[str, Any]:
     """Checks the renamed tensors are all there, puts q/k in HF order, returns the config
     (vocabulary and FFN sizes read off the weights: neither format states them reliably)."""
+    if min(dim, layers, heads, kv_heads) <= 0 or dim % heads:
+        raise CheckpointError(f"{where}: the config's sizes (dim {dim}, layers {layers}, heads {heads}, kv heads "
+                              f"{kv_heads}) must be positive, with dim a multiple of heads")
     _check_complete(tensors, layers, where)
     _unpermute_qk(tensors, heads, kv_heads)
     return {
