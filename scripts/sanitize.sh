@@ -20,9 +20,11 @@ SAN_TESTS=(tests/test_kernels.py tests/test_quantize.py tests/test_packed.py tes
            tests/test_corrupt_files.py tests/test_model_hf.py tests/test_batching.py tests/test_engine.py
            tests/test_errors.py "tests/test_fuzz.py::test_seeds_and_regressions")
 
+mkdir -p "$build"
 cmake -S . -B "$build" -DLINLY_SANITIZE=ON -DLINLY_CUDA=OFF -DCMAKE_BUILD_TYPE=Release \
-  -DPython_EXECUTABLE="$(command -v "$py")" -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" > "$build.cmake.log"
-cmake --build "$build" -j "${CMAKE_BUILD_PARALLEL_LEVEL:-2}" > "$build.build.log" || { tail -50 "$build.build.log"; exit 1; }
+  -DPython_EXECUTABLE="$(command -v "$py")" -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" > "$build/cmake.log" \
+  || { tail -30 "$build/cmake.log"; exit 1; }
+cmake --build "$build" -j "${CMAKE_BUILD_PARALLEL_LEVEL:-2}" > "$build/build.log" || { tail -50 "$build/build.log"; exit 1; }
 
 overlay=$build/overlay
 rm -rf "$overlay" && mkdir -p "$overlay"

@@ -16,11 +16,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-# /dev/shm keeps the per-input file writes off the disk where it exists.
-_TMP = Path(tempfile.mkdtemp(prefix="linly-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+
+
+def _scratch() -> Path:
+    """A folder for the per-input files, in /dev/shm (off the disk) where it exists, named
+    by pid: libFuzzer ends the process without running Python's exit handlers, so each
+    start removes the folders of processes that are gone."""
+    root = Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
+    for old in root.glob("linly-fuzz-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    d = root / f"linly-fuzz-{os.getpid()}"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+_TMP = _scratch()
 ALLOWED = (ValueError,)
 # Past this many elements a weight is not dequantised or run in a fuzz iteration: a
 # mutated shape may ask for gigabytes, which is the memory check's business, not a parser's.
