@@ -116,7 +116,7 @@ class Model:
             if len(t.shape) == 2:
                 if id(t) not in packed:
                     wanted = name.endswith(MATRIX_SUFFIXES + ("embed_tokens.weight", "lm_head.weight"))
-                    packed[id(t)] = pack(t, target_format(name, quant, t.fmt) if wanted and quant else None)
+                    packed[id(t)] = pack(t, target_format(name, quant, t.fmt, t.shape[1]) if wanted and quant else None)
                 weights[name] = packed[id(t)]
             else:
                 weights[name] = np.ascontiguousarray(t.to_f32())

@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-QUANTS = ["q4_0", "q4_1", "q8_0", "q4_g32", "q4_g64", "q4_g128", "f16", "bf16", "f32"]
+QUANTS = ["q4_0", "q4_1", "q8_0", "q4_g32", "q4_g64", "q4_g128", "mix4", "f16", "bf16", "f32"]
+CALIBRATED = ("q4_g32", "q4_g64", "q4_g128", "mix4")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -19,8 +20,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    if args.calib and args.quant not in CALIBRATED:
+        raise ValueError(f"--calib calibrates the group-wise 4-bit formats ({', '.join(CALIBRATED)}), "
+                         f"not {args.quant}; pick one of those")
     t0 = time.perf_counter()
     ck = load_checkpoint(args.src)
+    if args.calib:
+        ck = calibrate(ck, args)
     # disable=None: no bar when stderr is not a terminal (logs, CI)
     with tqdm(total=len(ck.tensors), unit="tensor", desc="converting", disable=True if args.quiet else None) as bar:
         summary = write_packed(ck, out, None if args.quant == "keep" else args.quant,
@@ -29,6 +35,30 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(f"wrote {summary['path']}: {summary['bytes'] / 1e6:.1f} MB, {summary['parameters'] / 1e6:.1f} M parameters, "
           f"{summary['bits_per_weight']:.2f} bits/weight, {summary['seconds']} s")
     return 0
+
+
+def calibrate(ck, args: argparse.Namespace):
+    """The checkpoint with its matrices quantised against the calibration text (AWQ/GPTQ)."""
+    from tqdm import tqdm
+
+    from linly_engine.calibrate import Calibrator, calibration_sequences
+    from linly_engine.formats.packed import carried_files
+    from linly_engine.precision import target_format
+    from linly_engine.tokenizer import load_tokenizer
+
+    try:
+        text = Path(args.calib).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{args.calib} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    tok = load_tokenizer(carried_files(ck), ck.metadata.get("gguf_tokenizer_fields"))
+    seqs = calibration_sequences(tok.encode(text, add_special=False), args.calib_seqs, args.calib_len, tok.bos_id)
+    formats = {name: target_format(name, args.quant, t.fmt, t.shape[1])
+               for name, t in ck.tensors.items() if len(t.shape) == 2}
+    layers = int(ck.config["num_hidden_layers"])
+    with tqdm(total=layers + 1, unit="layer", desc=f"calibrating ({args.calib_method}, {len(seqs)}×{seqs.shape[1]} "
+              "tokens)", disable=True if args.quiet else None) as bar:
+        out = Calibrator(ck, formats, args.calib_method).run(seqs, progress=lambda step: bar.update(1))
+    return out
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -60,7 +90,13 @@ def add_parsers(sub) -> None:
     c.add_argument("src", help="the source checkpoint")
     c.add_argument("out", help="the .linly file to write")
     c.add_argument("--quant", choices=QUANTS + ["keep"], default="q4_0",
-                   help="weight format of the matrices (default q4_0; 'keep' keeps the source's)")
+                   help="weight format of the matrices (default q4_0; 'keep' keeps the source's; mix4: 4-bit "
+                        "with finer groups for the embedding/head)")
+    c.add_argument("--calib", default=None, metavar="TEXT",
+                   help="calibrate the 4-bit rounding on this UTF-8 text (AWQ scales + GPTQ); with q4_g* or mix4")
+    c.add_argument("--calib-method", choices=["awq+gptq", "gptq", "awq"], default="awq+gptq")
+    c.add_argument("--calib-seqs", type=int, default=128, help="calibration sequences (default 128)")
+    c.add_argument("--calib-len", type=int, default=128, help="tokens per calibration sequence (default 128)")
     c.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_convert)

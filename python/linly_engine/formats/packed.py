@@ -83,7 +83,7 @@ def write_packed(ck: Checkpoint, out: str | Path, quant: str | None,
         if tied and name == "lm_head.weight":  # stored once, as the embedding
             continue
         if len(t.shape) == 2 and name.endswith(MATRIX_NAMES):
-            c = convert_tensor(t, target_format(name, quant, t.fmt))
+            c = convert_tensor(t, target_format(name, quant, t.fmt, t.shape[1]))
         else:
             c = Tensor(np.ascontiguousarray(t.to_f32()), "f32", t.shape)
         converted[name] = c
