@@ -19,7 +19,8 @@ import numpy as np
 from linly_engine.formats.checkpoint import Checkpoint, Tensor
 
 SUPPORTED_ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "llama"}
-_ST_DTYPES = {"F32": ("f32", np.float32), "F16": ("f16", np.float16), "BF16": ("bf16", np.uint16)}
+_ST_DTYPES = {"F32": ("f32", np.float32), "F16": ("f16", np.float16), "BF16": ("bf16", np.uint16),
+              "I32": ("i32", np.int32)}  # I32: GPTQ/AWQ packed codes, zero points and g_idx
 
 
 class CheckpointError(ValueError):
@@ -113,7 +114,8 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: entry for {name!r} is malformed") from None
         if dtype not in _ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}; supported: F32, F16, BF16")
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}; supported: F32, F16, BF16 "
+                                  "(and I32 in GPTQ/AWQ checkpoints)")
         fmt, np_dtype = _ST_DTYPES[dtype]
         count = int(np.prod(shape)) if shape else 1
         if not (0 <= begin <= end and data_start + end <= size) or end - begin != count * np.dtype(np_dtype).itemsize:
@@ -148,6 +150,8 @@ def tensor_from_torch(t) -> Tensor:
         return Tensor(t.view(torch.int16).numpy().view(np.uint16), "bf16", shape)
     if t.dtype == torch.float16:
         return Tensor(t.numpy(), "f16", shape)
+    if t.dtype == torch.int32:  # GPTQ/AWQ packed codes, zero points and g_idx
+        return Tensor(t.numpy(), "i32", shape)
     return Tensor(t.float().numpy(), "f32", shape)
 
 
@@ -189,6 +193,14 @@ def load_hf(folder: str | Path) -> Checkpoint:
     tensors: dict[str, Tensor] = {}
     for f in weight_files(folder):
         tensors.update(read_safetensors(f) if f.suffix == ".safetensors" else read_torch_bin(f))
+    if raw_cfg.get("quantization_config"):
+        from linly_engine.formats.gptq_awq import import_quantized
+
+        tensors = import_quantized(tensors, raw_cfg["quantization_config"], str(folder))
+    stray = sorted(n for n, t in tensors.items() if t.fmt == "i32")
+    if stray:
+        raise CheckpointError(f"{folder}: integer tensors ({', '.join(stray[:3])}) but no GPTQ/AWQ "
+                              "quantization_config in config.json to say how to read them")
     if "lm_head.weight" not in tensors:
         if "model.embed_tokens.weight" not in tensors:
             raise CheckpointError(f"{folder}: no model.embed_tokens.weight in the checkpoint")
