@@ -198,17 +198,25 @@ def test_precise_activations_cut_the_error(fmt, rng):
     assert err_precise < err_fast / 50
 
 
-@pytest.mark.parametrize("f16_cache", [False, True], ids=["f32_cache", "f16_cache"])
+@pytest.mark.parametrize("cache", ["f32", "f16", "q8_0"])
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("hd,length", [(64, 1), (64, 7), (128, 1000), (80, 33), (6, 5)])
-def test_attention_kernels_match_reference(isa, hd, length, f16_cache, rng):
+@pytest.mark.parametrize("hd,length", [(64, 1), (64, 7), (128, 1000), (80, 33), (6, 5), (96, 3)])
+def test_attention_kernels_match_reference(isa, hd, length, cache, rng):
+    if cache == "q8_0" and hd % 32:
+        with pytest.raises(ValueError, match="multiple of 32|hd % 32"):
+            _C.attention_head(np.zeros(hd, np.float32), np.zeros((length, hd), np.float32),
+                              np.zeros((length, hd), np.float32), isa, cache)
+        return
     q = rng.standard_normal(hd).astype(np.float32) * 2
     k = rng.standard_normal((length, hd)).astype(np.float32)
     v = rng.standard_normal((length, hd)).astype(np.float32)
-    got = _C.attention_head(q, k, v, isa, f16_cache)
-    ref = _C.attention_head(q, k, v, "scalar", f16_cache)
+    got = _C.attention_head(q, k, v, isa, cache)
+    ref = _C.attention_head(q, k, v, "scalar", cache)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-    if not f16_cache:  # and the reference means softmax(q·kᵀ/√hd)·v
-        s = (k.astype(np.float64) @ q) / np.sqrt(hd)
-        p = np.exp(s - s.max())
+    s = (k.astype(np.float64) @ q) / np.sqrt(hd)
+    p = np.exp(s - s.max())
+    exact = (p / p.sum()) @ v
+    if cache == "q8_0":  # int8 K and V: per-value error ≤ max|block|/254 each; loose bound on the output
+        np.testing.assert_allclose(ref, exact, atol=0.05 * np.abs(v).max())
+    if cache == "f32":  # and the reference means softmax(q·kᵀ/√hd)·v
         np.testing.assert_allclose(ref, (p / p.sum()) @ v, rtol=1e-5, atol=1e-6)

@@ -96,7 +96,8 @@ struct PyLlamaModel {
     KvCacheType kv_type;
     if (kv == "f32") kv_type = KvCacheType::F32;
     else if (kv == "f16") kv_type = KvCacheType::F16;
-    else throw py::value_error("kv_cache must be 'f32' or 'f16', got '" + kv + "'");
+    else if (kv == "q8_0") kv_type = KvCacheType::Q8_0;
+    else throw py::value_error("kv_cache must be 'f32', 'f16' or 'q8_0', got '" + kv + "'");
     if (activations != "int8" && activations != "int8x2")
       throw py::value_error("activations must be 'int8' (fast) or 'int8x2' (precise), got '" + activations + "'");
     const int64_t q = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;

@@ -121,7 +121,7 @@ void bind_quant(py::module_& m) {
      "Single-threaded scalar reference of y = x · Wᵀ on the on-disk layout.");
 
   m.def("attention_head", [](const py::array& q, const py::array& k, const py::array& v, const py::object& isa,
-                             bool f16_cache) {
+                             const std::string& cache) {
     require_f32(q, "q", 1, 1);
     require_f32(k, "k", 2, 2);
     require_f32(v, "v", 2, 2);
@@ -136,19 +136,29 @@ void bind_quant(py::module_& m) {
     const float* kp = static_cast<const float*>(k.data());
     const float* vp = static_cast<const float*>(v.data());
     const float scale = 1.0f / std::sqrt((float)hd);
-    if (f16_cache) {
+    if (cache == "q8_0") {
+      if (hd % QK != 0) throw py::value_error("a q8_0 cache needs hd % 32 == 0, got hd = " + std::to_string(hd));
+      std::vector<block_q8_0> kq((size_t)(len * hd / QK)), vq(kq.size());
+      quantize_row(Format::Q8_0, kp, kq.data(), len * hd);
+      quantize_row(Format::Q8_0, vp, vq.data(), len * hd);
+      kt.attn_scores_q8(qp, kq.data(), hd / QK, len, hd, scale, scores.data());
+      kt.softmax(scores.data(), len);
+      kt.attn_mix_q8(scores.data(), vq.data(), hd / QK, len, hd, out.mutable_data());
+    } else if (cache == "f16") {
       std::vector<uint16_t> kh((size_t)(len * hd)), vh((size_t)(len * hd));
       for (size_t i = 0; i < kh.size(); ++i) { kh[i] = fp32_to_fp16(kp[i]); vh[i] = fp32_to_fp16(vp[i]); }
       kt.attn_scores_f16(qp, kh.data(), hd, len, hd, scale, scores.data());
       kt.softmax(scores.data(), len);
       kt.attn_mix_f16(scores.data(), vh.data(), hd, len, hd, out.mutable_data());
-    } else {
+    } else if (cache == "f32") {
       kt.attn_scores_f32(qp, kp, hd, len, hd, scale, scores.data());
       kt.softmax(scores.data(), len);
       kt.attn_mix_f32(scores.data(), vp, hd, len, hd, out.mutable_data());
+    } else {
+      throw py::value_error("cache must be 'f32', 'f16' or 'q8_0', got '" + cache + "'");
     }
     return out;
-  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("isa") = py::none(), py::arg("f16_cache") = false,
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("isa") = py::none(), py::arg("cache") = "f32",
      "softmax(q·kᵀ/√hd)·v for one head, through the given ISA's attention kernels; for tests.");
 
   m.def("panel_bytes", [](const std::string& name, int64_t k) {

@@ -51,4 +51,27 @@ void attn_mix_f16_ref(const float* p, const uint16_t* v, int64_t stride, int64_t
     for (int64_t i = 0; i < hd; ++i) out[i] += p[j] * fp16_to_fp32(v[j * stride + i]);
 }
 
+void attn_scores_q8_ref(const float* q, const block_q8_0* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                        float* scores) {
+  for (int64_t j = 0; j < len; ++j) {
+    const block_q8_0* kj = k + j * stride;
+    double s = 0.0;
+    for (int64_t b = 0; b < hd / QK; ++b) {
+      double part = 0.0;
+      for (int i = 0; i < QK; ++i) part += (double)q[b * QK + i] * kj[b].qs[i];
+      s += part * fp16_to_fp32(kj[b].d);
+    }
+    scores[j] = (float)s * scale;
+  }
+}
+
+void attn_mix_q8_ref(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out) {
+  std::fill(out, out + hd, 0.0f);
+  for (int64_t j = 0; j < len; ++j)
+    for (int64_t b = 0; b < hd / QK; ++b) {
+      const float w = p[j] * fp16_to_fp32(v[j * stride + b].d);
+      for (int i = 0; i < QK; ++i) out[b * QK + i] += w * (float)v[j * stride + b].qs[i];
+    }
+}
+
 }  // namespace linly

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "quant/formats.h"
+
 namespace linly {
 
 // scores[j] = scale · (q · k_j), k_j = k + j·stride, for j < len; head size hd.
@@ -15,5 +17,9 @@ void softmax_ref(float* x, int64_t len);
 // out[i] = Σ_j p[j] · v_j[i], v_j = v + j·stride
 void attn_mix_f32_ref(const float* p, const float* v, int64_t stride, int64_t len, int64_t hd, float* out);
 void attn_mix_f16_ref(const float* p, const uint16_t* v, int64_t stride, int64_t len, int64_t hd, float* out);
+// q8_0 cache (int8 KV): rows of hd/32 blocks, `stride` counted in blocks; hd % 32 == 0.
+void attn_scores_q8_ref(const float* q, const block_q8_0* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                        float* scores);
+void attn_mix_q8_ref(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out);
 
 }  // namespace linly

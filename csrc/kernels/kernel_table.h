@@ -38,6 +38,9 @@ struct KernelTable {
   void (*softmax)(float* x, int64_t len);
   void (*attn_mix_f32)(const float* p, const float* v, int64_t stride, int64_t len, int64_t hd, float* out);
   void (*attn_mix_f16)(const float* p, const uint16_t* v, int64_t stride, int64_t len, int64_t hd, float* out);
+  void (*attn_scores_q8)(const float* q, const block_q8_0* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                         float* scores);
+  void (*attn_mix_q8)(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out);
 };
 
 const KernelTable& kernels_scalar();
@@ -52,6 +55,9 @@ void attn_scores_f16_avx2(const float* q, const uint16_t* k, int64_t stride, int
 void softmax_avx2(float* x, int64_t len);
 void attn_mix_f32_avx2(const float* p, const float* v, int64_t stride, int64_t len, int64_t hd, float* out);
 void attn_mix_f16_avx2(const float* p, const uint16_t* v, int64_t stride, int64_t len, int64_t hd, float* out);
+void attn_scores_q8_avx2(const float* q, const block_q8_0* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                         float* scores);
+void attn_mix_q8_avx2(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out);
 #endif
 
 }  // namespace linly

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "quant/fp16.h"
+#include "quant/quantize.h"
 #include "runtime/thread_pool.h"
 
 namespace linly {
@@ -82,6 +83,12 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType
   if (kv_type_ == KvCacheType::F32) {
     k_f32_.assign(cache, 0.0f);
     v_f32_.assign(cache, 0.0f);
+  } else if (kv_type_ == KvCacheType::Q8_0) {
+    if (cfg_.head_dim % QK != 0)
+      throw std::invalid_argument("the q8_0 KV cache needs head_dim to be a multiple of 32, got " +
+                                  std::to_string(cfg_.head_dim) + "; use kv_cache='f16'");
+    k_q8_.assign(cache / QK, block_q8_0{});
+    v_q8_.assign(cache / QK, block_q8_0{});
   } else {
     k_f16_.assign(cache, 0);
     v_f16_.assign(cache, 0);
@@ -89,7 +96,8 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType
 }
 
 int64_t LlamaModel::kv_cache_bytes() const {
-  return (int64_t)(k_f32_.size() + v_f32_.size()) * 4 + (int64_t)(k_f16_.size() + v_f16_.size()) * 2;
+  return (int64_t)(k_f32_.size() + v_f32_.size()) * 4 + (int64_t)(k_f16_.size() + v_f16_.size()) * 2 +
+         (int64_t)(k_q8_.size() + v_q8_.size()) * (int64_t)sizeof(block_q8_0);
 }
 
 void LlamaModel::attention(int64_t layer, int64_t n) {
@@ -111,6 +119,10 @@ void LlamaModel::attention(int64_t layer, int64_t n) {
         kt.attn_scores_f32(q, k_f32_.data() + off, kv_dim_, len, hd, scale, scores.data());
         kt.softmax(scores.data(), len);
         kt.attn_mix_f32(scores.data(), v_f32_.data() + off, kv_dim_, len, hd, out);
+      } else if (kv_type_ == KvCacheType::Q8_0) {  // element offsets are whole blocks: hd % 32 == 0
+        kt.attn_scores_q8(q, k_q8_.data() + off / QK, kv_dim_ / QK, len, hd, scale, scores.data());
+        kt.softmax(scores.data(), len);
+        kt.attn_mix_q8(scores.data(), v_q8_.data() + off / QK, kv_dim_ / QK, len, hd, out);
       } else {
         kt.attn_scores_f16(q, k_f16_.data() + off, kv_dim_, len, hd, scale, scores.data());
         kt.softmax(scores.data(), len);
@@ -164,6 +176,9 @@ void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t 
       if (kv_type_ == KvCacheType::F32) {
         std::copy(k, k + kv_dim_, k_f32_.data() + off);
         std::copy(v, v + kv_dim_, v_f32_.data() + off);
+      } else if (kv_type_ == KvCacheType::Q8_0) {
+        quantize_row(Format::Q8_0, k, k_q8_.data() + off / QK, kv_dim_);
+        quantize_row(Format::Q8_0, v, v_q8_.data() + off / QK, kv_dim_);
       } else {
         for (int64_t i = 0; i < kv_dim_; ++i) {
           k_f16_[off + i] = fp32_to_fp16(k[i]);

@@ -111,7 +111,7 @@ void matmul_ref(const MatmulArgs& a, int64_t n0, int64_t n1) {
 const KernelTable& kernels_scalar() {
   static const KernelTable t{Isa::Scalar, "scalar", false, quantize_row_act_ref, matmul_scalar,
                              read_checksum_scalar, attn_scores_f32_ref, attn_scores_f16_ref, softmax_ref,
-                             attn_mix_f32_ref, attn_mix_f16_ref};
+                             attn_mix_f32_ref, attn_mix_f16_ref, attn_scores_q8_ref, attn_mix_q8_ref};
   return t;
 }
 

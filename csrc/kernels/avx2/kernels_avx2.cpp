@@ -476,6 +476,47 @@ void attn_mix_f16_avx2(const float* p, const uint16_t* v, int64_t stride, int64_
   attn_mix<true>(p, v, stride, len, hd, out);
 }
 
+// int8 KV cache: 32 int8 → four vectors of 8 floats, scaled once per block.
+inline void load_q8_block(const block_q8_0& b, __m256 v[4]) {
+  for (int u = 0; u < 4; ++u)
+    v[u] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(b.qs + 8 * u))));
+}
+
+void attn_scores_q8_avx2(const float* q, const block_q8_0* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                         float* scores) {
+  const int64_t nb = hd / QK;
+  for (int64_t j = 0; j < len; ++j) {
+    const block_q8_0* kj = k + j * stride;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256 kv[4];
+      load_q8_block(kj[b], kv);
+      const float* qb = q + b * QK;
+      __m256 s = _mm256_mul_ps(_mm256_loadu_ps(qb), kv[0]);
+      s = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 8), kv[1], s);
+      s = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 16), kv[2], s);
+      s = _mm256_fmadd_ps(_mm256_loadu_ps(qb + 24), kv[3], s);
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(kj[b].d)), s, acc);
+    }
+    scores[j] = hsum_f32(acc) * scale;
+  }
+}
+
+void attn_mix_q8_avx2(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out) {
+  const int64_t nb = hd / QK;
+  for (int64_t b = 0; b < nb; ++b) {  // one block of outputs in registers across all positions
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t j = 0; j < len; ++j) {
+      const block_q8_0& blk = v[j * stride + b];
+      const __m256 w = _mm256_set1_ps(p[j] * fp16_to_fp32(blk.d));
+      __m256 vv[4];
+      load_q8_block(blk, vv);
+      for (int u = 0; u < 4; ++u) acc[u] = _mm256_fmadd_ps(w, vv[u], acc[u]);
+    }
+    for (int u = 0; u < 4; ++u) _mm256_storeu_ps(out + b * QK + 8 * u, acc[u]);
+  }
+}
+
 void softmax_avx2(float* x, int64_t len) {
   const int64_t l8 = len / 8 * 8;
   __m256 m = _mm256_set1_ps(-INFINITY);
@@ -505,7 +546,7 @@ void softmax_avx2(float* x, int64_t len) {
 const KernelTable& kernels_avx2() {
   static const KernelTable t{Isa::Avx2, "avx2", true, quantize_act_avx2, matmul_avx2, read_checksum_avx2,
                              attn_scores_f32_avx2, attn_scores_f16_avx2, softmax_avx2, attn_mix_f32_avx2,
-                             attn_mix_f16_avx2};
+                             attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2};
   return t;
 }
 

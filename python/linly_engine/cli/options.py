@@ -17,7 +17,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--template", default="auto",
                    help="chat template: auto (the model's own), linly-chatflow, chinese-llama-2, llama-2, chatml, raw")
     g.add_argument("--quant", default=None, help="convert the weights in memory at load (q4_0, q8_0, f16, ...)")
-    g.add_argument("--kv-cache", choices=["f16", "f32"], default="f16", help="KV cache precision (default f16)")
+    g.add_argument("--kv-cache", choices=["f16", "f32", "q8_0"], default="f16",
+                   help="KV cache precision (default f16; q8_0: int8, 47 %% less memory)")
     g.add_argument("--activations", choices=["int8x2", "int8"], default="int8x2",
                    help="activation precision of the integer matmuls (default int8x2, closest to float)")
 

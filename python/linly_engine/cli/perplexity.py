@@ -18,7 +18,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     except UnicodeDecodeError as e:
         raise ValueError(f"{args.text} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     model, tok = load_model_and_tokenizer(args.model, threads=args.threads, quant=args.quant, max_context=args.ctx,
-                                          activations=args.activations)
+                                          activations=args.activations, kv_cache=args.kv_cache)
     ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(text, add_special=False)
     if args.max_tokens:
         ids = ids[:args.max_tokens]
@@ -59,6 +59,7 @@ def add_parser(sub) -> None:
     p.add_argument("--score", choices=["all", "half"], default="all")
     p.add_argument("--quant", default=None, help="convert the weights in memory first (q4_0, q8_0, ...)")
     p.add_argument("--activations", choices=["int8x2", "int8"], default="int8x2")
+    p.add_argument("--kv-cache", choices=["f16", "f32", "q8_0"], default="f16", help="KV cache precision")
     p.add_argument("--kl", action="store_true", help="also compare with the same checkpoint in f32 (KL, top-1)")
     p.add_argument("--hf", default=None, help="a Hugging Face folder to score with transformers on the same ids")
     p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens of the text")

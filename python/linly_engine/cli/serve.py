@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("-c", "--max-context", type=int, default=None, help="context per slot (default: model's, ≤4096)")
     p.add_argument("--template", default="auto", help="chat template (auto: the model's own)")
-    p.add_argument("--kv-cache", choices=["f16", "f32"], default="f16")
+    p.add_argument("--kv-cache", choices=["f16", "f32", "q8_0"], default="f16")
     p.add_argument("--activations", choices=["int8x2", "int8"], default="int8x2",
                    help="int8 roughly doubles batched throughput at llama.cpp's activation precision")
     add_sampling_options(p, max_tokens=1024)  # defaults for what a request leaves out
