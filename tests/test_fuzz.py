@@ -125,3 +125,17 @@ def test_model_sizes_that_cannot_be_right_are_clear_errors(tmp_path):
         (tmp_path / "llama_config.json").write_text(json.dumps(cfg))
         with pytest.raises(CheckpointError, match=words):
             load_tencentpretrain(tmp_path / "linly_model.bin")
+
+
+def test_gguf_array_longer_than_the_file_is_refused_at_once(tmp_path):
+    import time
+
+    from linly_engine.formats.hf import CheckpointError
+    from linly_engine.model import load_checkpoint
+
+    p = tmp_path / "m.gguf"
+    p.write_bytes((FUZZ / "regressions" / "gguf" / "array-claiming-billions-of-elements").read_bytes())
+    t0 = time.time()
+    with pytest.raises(CheckpointError, match="run past the end of the file"):
+        load_checkpoint(p)
+    assert time.time() - t0 < 10  # it used to walk 2^32 elements

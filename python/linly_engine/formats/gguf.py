@@ -33,11 +33,32 @@ def is_gguf(path: Path) -> bool:
         return f.read(4) == MAGIC
 
 
-def _reader(path: Path):
-    import gguf
+_CHECKED_READER = None
 
+
+def _checked_reader_class():
+    """gguf-py's reader, refusing reads past the end of the file. Its own slices just come
+    back short there, so a metadata array that claims 2^32 elements was walked one
+    element at a time for hours (found by fuzzing); now it stops at the file's end."""
+    global _CHECKED_READER
+    if _CHECKED_READER is None:
+        import gguf
+
+        class CheckedReader(gguf.GGUFReader):
+            def _get(self, offset, dtype, count=1, *args, **kwargs):
+                end = int(offset) + np.dtype(dtype).itemsize * int(count)
+                if int(offset) < 0 or end > len(self.data):
+                    raise ValueError(f"{count} x {np.dtype(dtype).name} at byte {int(offset)} run past the end of "
+                                     f"the file ({len(self.data)} bytes)")
+                return super()._get(offset, dtype, count, *args, **kwargs)
+
+        _CHECKED_READER = CheckedReader
+    return _CHECKED_READER
+
+
+def _reader(path: Path):
     try:
-        reader = gguf.GGUFReader(path, "r")
+        reader = _checked_reader_class()(path, "r")
     except Exception as e:  # gguf-py raises ValueError, struct errors, IndexError... on bad files
         raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); "
                               "the file is truncated or corrupt") from None
