@@ -88,12 +88,44 @@ def test_awq_layer_is_bit_exact(rng, group):
     np.testing.assert_array_equal(engine_weight(t), reference_weight(codes, zeros, scales, group))
 
 
-def test_act_order_and_bad_shapes_are_refused(rng):
+@pytest.mark.parametrize("threads_n", [1, 2])
+def test_act_order_layer_runs_exactly(rng, threads, threads_n):
+    """desc_act: g_idx scatters each group over the inputs (GPTQ's order of decreasing
+    Hessian diagonal). W[n, k] = scale[g_idx[k], n] · (code[k, n] − zero[g_idx[k], n])."""
+    le.set_num_threads(threads_n)
+    n, k, group = 40, 256, 64
+    codes, zeros, scales = random_layer(rng, n, k, group)
+    perm = rng.permutation(k)                       # the act order
+    g_idx = np.empty(k, np.int32)
+    g_idx[perm] = np.arange(k) // group             # i-th quantised input belongs to group i // g
+    qweight, qzeros = pack_gptq(codes, zeros)
+    t = import_layer("gptq", {"qweight": qweight, "qzeros": qzeros, "scales": scales, "g_idx": g_idx}, group,
+                     True, "layer")
+    want = (scales.astype(np.float32)[g_idx] * (codes - zeros[g_idx])).T
+    np.testing.assert_array_equal(t.to_f32(), want)
+    from linly_engine.model import pack
+
+    m = pack(t, None)
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    np.testing.assert_allclose(m.matmul(x, precise=True), x @ want.T, rtol=2e-3, atol=2e-3 * np.abs(x @ want.T).max())
+    bad = g_idx.copy()
+    bad[0] = bad[1] = 0  # a group with too many members
+    bad[np.flatnonzero(g_idx == 0)[-1]] = g_idx[1] if g_idx[1] != 0 else 1
+    with pytest.raises(QuantizedCheckpointError, match="exactly"):
+        import_layer("gptq", {"qweight": qweight, "qzeros": qzeros, "scales": scales, "g_idx": bad}, group, True, "l")
+
+
+def test_input_order_must_be_a_permutation(rng):
+    m = le.PackedMatrix(_C.quantize(rng.standard_normal((4, 64)).astype(np.float32), "q4_g32"), "q4_g32", 64)
+    with pytest.raises(ValueError, match="permutation"):
+        m.set_input_order(np.zeros(64, np.int32))
+    with pytest.raises(ValueError, match="entries"):
+        m.set_input_order(np.arange(32, dtype=np.int32))
+
+
+def test_bad_shapes_are_refused(rng):
     codes, zeros, scales = random_layer(rng, 16, 256, 128)
     qweight, qzeros = pack_gptq(codes, zeros)
-    g_idx = (rng.permutation(256) // 128).astype(np.int32)
-    with pytest.raises(QuantizedCheckpointError, match="act-order"):
-        import_layer("gptq", {"qweight": qweight, "qzeros": qzeros, "scales": scales, "g_idx": g_idx}, 128, True, "l")
     with pytest.raises(QuantizedCheckpointError, match="don't agree"):
         import_layer("gptq", {"qweight": qweight, "qzeros": qzeros, "scales": scales}, 64, True, "l")
     with pytest.raises(QuantizedCheckpointError, match="float16"):
@@ -101,7 +133,7 @@ def test_act_order_and_bad_shapes_are_refused(rng):
                      True, "l")
 
 
-@pytest.mark.parametrize("kind", ["gptq", "awq"])
+@pytest.mark.parametrize("kind", ["gptq", "gptq-act-order", "awq"])
 def test_quantized_hf_folder_matches_transformers(tmp_path, rng, kind):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -119,14 +151,18 @@ def test_quantized_hf_folder_matches_transformers(tmp_path, rng, kind):
         if name.endswith("_proj.weight"):
             n, k = w.shape
             codes, zeros, scales = random_layer(rng, n, k, group)
+            prefix = name[:-len(".weight")]
+            g_idx = np.arange(k, dtype=np.int32) // group
+            if kind == "gptq-act-order":
+                g_idx[rng.permutation(k)] = np.arange(k) // group
+                out[f"{prefix}.g_idx"] = g_idx
             if kind == "awq":
                 zeros = zeros - 1
                 qweight, qzeros = pack_awq(codes, zeros)
             else:
                 qweight, qzeros = pack_gptq(codes, zeros)
-            prefix = name[:-len(".weight")]
             out.update({f"{prefix}.qweight": qweight, f"{prefix}.qzeros": qzeros, f"{prefix}.scales": scales})
-            state[name] = reference_weight(codes, zeros, scales, group)
+            state[name] = (scales.astype(np.float32)[g_idx] * (codes - zeros[g_idx])).T
         else:
             out[name] = w
     folder = tmp_path / kind
@@ -134,8 +170,8 @@ def test_quantized_hf_folder_matches_transformers(tmp_path, rng, kind):
     (folder / "model.safetensors").unlink()
     save_file(out, str(folder / "model.safetensors"))
     raw = json.loads((folder / "config.json").read_text())
-    raw["quantization_config"] = ({"quant_method": "gptq", "bits": 4, "group_size": group, "desc_act": False,
-                                   "sym": False} if kind == "gptq" else
+    raw["quantization_config"] = ({"quant_method": "gptq", "bits": 4, "group_size": group,
+                                   "desc_act": kind == "gptq-act-order", "sym": False} if kind != "awq" else
                                   {"quant_method": "awq", "bits": 4, "group_size": group, "version": "gemm",
                                    "zero_point": True})
     (folder / "config.json").write_text(json.dumps(raw))
@@ -148,6 +184,14 @@ def test_quantized_hf_folder_matches_transformers(tmp_path, rng, kind):
     got = m.prefill(ids, all_logits=True)
     # the engine quantises activations to int8 (+ residual) for integer formats
     assert np.abs(got - want).max() <= 2e-3 * np.abs(want).max()
+    # and a packed file keeps the act order
+    from linly_engine.formats.packed import verify, write_packed
+    from linly_engine.model import load_checkpoint
+
+    write_packed(load_checkpoint(folder), tmp_path / "m.linly", None)
+    verify(tmp_path / "m.linly")
+    again = le.Model.load(tmp_path / "m.linly", kv_cache="f32").prefill(ids, all_logits=True)
+    np.testing.assert_array_equal(again, got)
 
 
 def test_unsupported_variants_are_clear(tmp_path):

@@ -81,6 +81,19 @@ void bind_packed_matrix(py::module_& m) {
       .def_property_readonly("weight_bytes", [](const PyPackedMatrix& p) { return p.mat->weight_bytes(); },
                              "Bytes one matmul streams from memory.")
       .def_property_readonly("data", [](const PyPackedMatrix& p) { return p.data; }, "The bytes it was made from.")
+      .def("set_input_order", [](PyPackedMatrix& p, const py::array& order) {
+        if (order.ndim() != 1 || !py::isinstance<py::array_t<int32_t>>(order))
+          throw py::type_error("input order must be a 1-D int32 array");
+        const auto* d = static_cast<const int32_t*>(order.data());
+        const std::string err = p.mat->set_input_order(std::vector<int32_t>(d, d + order.shape(0)));
+        if (!err.empty()) throw py::value_error(err);
+      }, py::arg("order"),
+           "Act-order (GPTQ desc_act) matrices: stored column j multiplies input order[j].")
+      .def_property_readonly("input_order", [](const PyPackedMatrix& p) -> py::object {
+        const auto& o = p.mat->input_order();
+        if (o.empty()) return py::none();
+        return py::array_t<int32_t>((py::ssize_t)o.size(), o.data());
+      })
       .def("__repr__", [](const PyPackedMatrix& p) {
         return "PackedMatrix(fmt=" + std::string(format_info(p.mat->format()).name) + ", n=" +
                std::to_string(p.mat->n()) + ", k=" + std::to_string(p.mat->k()) + ", isa=" + p.mat->kernels().name + ")";

@@ -33,6 +33,17 @@ PackedMatrix::PackedMatrix(Format fmt, int64_t n, int64_t k, const uint8_t* byte
 }
 
 void PackedMatrix::dequantize_row(int64_t r, float* out) const {
+  if (!input_order_.empty()) {  // stored columns → input positions
+    thread_local std::vector<float> stored;
+    stored.resize((size_t)k_);
+    PackedMatrix::dequantize_stored_row(r, stored.data());
+    for (int64_t j = 0; j < k_; ++j) out[input_order_[(size_t)j]] = stored[(size_t)j];
+    return;
+  }
+  dequantize_stored_row(r, out);
+}
+
+void PackedMatrix::dequantize_stored_row(int64_t r, float* out) const {
   const int64_t rb = row_bytes(fmt_, k_);
   if (plain_) {
     linly::dequantize_row(fmt_, plain_ + r * rb, out, k_);
@@ -59,7 +70,26 @@ void quantize_activations(const KernelTable& kt, const float* x, int64_t m, int6
   });
 }
 
+std::string PackedMatrix::set_input_order(std::vector<int32_t> order) {
+  if ((int64_t)order.size() != k_)
+    return "input order has " + std::to_string(order.size()) + " entries, the matrix " + std::to_string(k_) + " inputs";
+  std::vector<bool> seen((size_t)k_, false);
+  for (int32_t i : order) {
+    if (i < 0 || i >= k_ || seen[(size_t)i]) return "input order is not a permutation of 0.." + std::to_string(k_ - 1);
+    seen[(size_t)i] = true;
+  }
+  input_order_ = std::move(order);
+  return "";
+}
+
 void PackedMatrix::matmul(const float* x, int64_t m, float* y, bool precise) const {
+  thread_local std::vector<float> gathered;  // [m, k] inputs in stored column order
+  if (!input_order_.empty()) {
+    if (gathered.size() < (size_t)(m * k_)) gathered.resize((size_t)(m * k_));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < k_; ++j) gathered[(size_t)(i * k_ + j)] = x[i * k_ + input_order_[(size_t)j]];
+    x = gathered.data();
+  }
   MatmulArgs a{fmt_, panels_ ? panels_ : plain_, panels_ != nullptr, n_, k_, m, x, nullptr, y, precise};
   // Activation blocks live in a per-thread scratch that only grows: no allocation per
   // token once the largest batch has been seen.

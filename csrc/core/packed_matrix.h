@@ -2,6 +2,8 @@
 // "Make the packed weights" is quant/quantize.h; this is "run them".
 #pragma once
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "kernels/kernel_table.h"
 #include "runtime/aligned_buffer.h"
@@ -22,6 +24,11 @@ class PackedMatrix {
   // precise: integer formats also use the activation residual (formats.h); ignored by
   // the dense formats, which multiply in f32 anyway.
   void matmul(const float* x, int64_t m, float* y, bool precise = false) const;
+  // Act-order checkpoints (GPTQ desc_act): stored column j multiplies input order[j],
+  // so that each group of columns is contiguous. Returns an error message (empty: set)
+  // unless `order` is a permutation of [0, k).
+  std::string set_input_order(std::vector<int32_t> order);
+  const std::vector<int32_t>& input_order() const { return input_order_; }
   // Row r of W as f32 [k] (an embedding lookup). r < n is the caller's promise.
   void dequantize_row(int64_t r, float* out) const;
 
@@ -36,12 +43,15 @@ class PackedMatrix {
   int64_t weight_bytes() const;
 
  private:
+  void dequantize_stored_row(int64_t r, float* out) const;  // columns in stored order
+
   Format fmt_;
   int64_t n_, k_;
   const KernelTable* kernels_;
   const uint8_t* plain_ = nullptr;   // on-disk rows, when available
   const uint8_t* panels_ = nullptr;  // panels, when the kernels read them
   AlignedBuffer owned_;              // the converted copy, if one was needed
+  std::vector<int32_t> input_order_; // [k] or empty (inputs in order)
 };
 
 // Quantises x [m, k] into activation blocks [m, k/32], split over the pool by rows.

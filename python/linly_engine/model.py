@@ -48,8 +48,12 @@ def pack(t: Tensor, quant: str | None) -> _C.PackedMatrix:
     if target == t.fmt:
         raw = np.ascontiguousarray(t.array).view(np.uint8)  # zero-copy where possible
         if t.layout == "panel16":
-            return _C.PackedMatrix.from_panels(raw.reshape(-1), target, n, k)
-        return _C.PackedMatrix(raw.reshape(n, -1), target, k)
+            m = _C.PackedMatrix.from_panels(raw.reshape(-1), target, n, k)
+        else:
+            m = _C.PackedMatrix(raw.reshape(n, -1), target, k)
+        if t.input_order is not None:
+            m.set_input_order(np.ascontiguousarray(t.input_order, dtype=np.int32))
+        return m
     block = _C.format_info(target)["block_elems"]
     if k % block:
         target = "f16" if target not in DENSE else target  # K the format can't block: keep precision

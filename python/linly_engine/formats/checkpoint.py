@@ -17,6 +17,8 @@ class Tensor:
     fmt: str  # "f32" | "f16" | "bf16" | "q4_0" | "q4_1" | "q8_0" | "q4_g32" | ...
     shape: tuple[int, ...]  # logical shape: (n, k) for matrices, (n,) for vectors
     layout: str = "rows"  # "rows": on-disk rows of blocks; "panel16": the kernels' layout (panel.h)
+    # act-order (GPTQ desc_act) matrices: stored column j multiplies input input_order[j]
+    input_order: np.ndarray | None = None
 
     def to_f32(self) -> np.ndarray:
         """The weight as float32 of its logical shape (dequantising if needed)."""
@@ -29,7 +31,12 @@ class Tensor:
         if self.fmt == "bf16":
             bits = np.asarray(self.array).view(np.uint16).astype(np.uint32) << 16
             return bits.view(np.float32).reshape(self.shape)
-        return _C.dequantize(self.row_bytes(), self.fmt, self.shape[-1]).reshape(self.shape)
+        w = _C.dequantize(self.row_bytes(), self.fmt, self.shape[-1]).reshape(self.shape)
+        if self.input_order is not None:  # back to the inputs' order
+            out = np.empty_like(w)
+            out[:, self.input_order] = w
+            return out
+        return w
 
     def row_bytes(self) -> np.ndarray:
         """The weight as uint8 [n, bytes_per_row] in the on-disk row layout."""

@@ -18,9 +18,12 @@ What the two formats store for a linear layer W [N out, K in] with group size g:
 
 A group of g = 32·2^j inputs maps to q4_g groups of min(g, 128) (a larger group repeats
 its scale and zero point in each). Not supported, with a clear error: bit widths other
-than 4, AWQ's GEMV packing, groups that are not a multiple of 32, and act-order
-(``desc_act``) checkpoints whose ``g_idx`` is not the plain k // g (they would need the
-inputs permuted per matrix; quantise with ``static_groups`` or without ``desc_act``).
+than 4, AWQ's GEMV packing, groups that are not a multiple of 32.
+
+Act-order (``desc_act``) checkpoints, whose ``g_idx`` scatters each group over the
+inputs, are stored with their columns sorted by group (every group a contiguous run, as
+the format needs) plus the permutation; the matrix gathers its inputs in that order
+before multiplying (``Tensor.input_order``, ``PackedMatrix.set_input_order``).
 """
 
 from __future__ import annotations
@@ -82,17 +85,24 @@ def import_layer(kind: str, parts: dict[str, np.ndarray], group: int, v1_offset:
                                        f"scales {list(scales.shape)} don't agree with group size {group}; "
                                        "the checkpoint or its config is inconsistent")
     g_idx = parts.get("g_idx")
+    order = None
     if g_idx is not None and not np.array_equal(np.asarray(g_idx).astype(np.int64), np.arange(k) // group):
-        raise QuantizedCheckpointError(
-            f"{name}: act-order checkpoint (desc_act with a permuted g_idx); its groups are not contiguous runs of "
-            "inputs, which the group-wise format needs. Quantise with static_groups=True or desc_act=False")
+        # Act-order: stored columns sorted by group make every group a contiguous run;
+        # the matrix then reads its inputs through that order (PackedMatrix.set_input_order).
+        g_idx = np.asarray(g_idx).astype(np.int64)
+        if g_idx.shape != (k,) or g_idx.min() < 0 or np.bincount(g_idx, minlength=k // group).max() != group \
+                or g_idx.max() >= k // group:
+            raise QuantizedCheckpointError(f"{name}: g_idx does not assign exactly {group} inputs to each of the "
+                                           f"{k // group} groups; the checkpoint is inconsistent")
+        order = np.argsort(g_idx, kind="stable").astype(np.int32)
+        codes = codes[order]
     if zeros.max(initial=0) > 255:
         raise QuantizedCheckpointError(f"{name}: zero point out of range")
     sub = next(s for s in (128, 64, 32) if group % s == 0)
     reps = group // sub
     d = np.repeat(scales.astype(np.float32).T, reps, axis=1)          # [N, K/sub]
     z = np.repeat(zeros[:, :n].T, reps, axis=1).astype(np.uint8)      # [N, K/sub]
-    return Tensor(pack_rows(codes.T, d, z, sub), f"q4_g{sub}", (n, k), "rows")
+    return Tensor(pack_rows(codes.T, d, z, sub), f"q4_g{sub}", (n, k), "rows", order)
 
 
 def import_quantized(tensors: dict[str, Tensor], qcfg: dict[str, Any], source: str) -> dict[str, Tensor]:

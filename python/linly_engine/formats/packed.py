@@ -57,10 +57,20 @@ def convert_tensor(t: Tensor, target: str) -> Tensor:
     n, k = t.shape
     if target != "f32" and k % _C.format_info(target)["block_elems"]:
         target = "f16"  # a K the block format can't split: keep it dense
-    rows = t.row_bytes() if t.fmt == target else _C.quantize(t.to_f32(), target)
+    keep = t.fmt == target
+    rows = t.row_bytes() if keep else _C.quantize(t.to_f32(), target)
+    order = t.input_order if keep else None  # requantised weights are back in input order
     if target in PANEL_FORMATS:
-        return Tensor(_C.repack_panels(rows, target, k), target, (n, k), "panel16")
-    return Tensor(rows, target, (n, k), "rows")
+        return Tensor(_C.repack_panels(rows, target, k), target, (n, k), "panel16", order)
+    return Tensor(rows, target, (n, k), "rows", order)
+
+
+def tensor_bytes(t: Tensor) -> list[np.ndarray]:
+    """What the checksum covers for a tensor: its bytes, then its input order if any."""
+    parts = [np.ascontiguousarray(t.array).view(np.uint8).reshape(-1)]
+    if t.input_order is not None:
+        parts.append(np.ascontiguousarray(t.input_order, dtype="<i4").view(np.uint8))
+    return parts
 
 
 def write_packed(ck: Checkpoint, out: str | Path, quant: str | None,
@@ -93,9 +103,11 @@ def write_packed(ck: Checkpoint, out: str | Path, quant: str | None,
     digest = hashlib.sha256()
     table = {}
     for name, t in converted.items():
-        raw = np.ascontiguousarray(t.array).view(np.uint8).reshape(-1)
-        digest.update(memoryview(raw))
+        for part in tensor_bytes(t):
+            digest.update(memoryview(part))
         table[name] = {"fmt": t.fmt, "shape": list(t.shape), "layout": t.layout}
+        if t.input_order is not None:
+            table[name]["input_order"] = f"order:{name}"
     for blob in files.values():
         digest.update(blob)
     w = gguf.GGUFWriter(str(tmp), ck.config.get("architecture", "llama"))
@@ -111,6 +123,8 @@ def write_packed(ck: Checkpoint, out: str | Path, quant: str | None,
         for name, t in converted.items():
             raw = np.ascontiguousarray(t.array).view(np.int8).reshape(-1)
             w.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.I8)
+            if t.input_order is not None:
+                w.add_tensor(f"order:{name}", tensor_bytes(t)[1].view(np.int8), raw_dtype=gguf.GGMLQuantizationType.I8)
         for name, blob in files.items():
             w.add_tensor(f"file:{name}", np.frombuffer(blob, np.int8), raw_dtype=gguf.GGMLQuantizationType.I8)
         w.write_header_to_file()
@@ -188,6 +202,16 @@ def read_packed(path: str | Path, reader=None) -> Checkpoint:
                                   f"{spec['shape']} ({spec['layout']}) needs {expected}; the file is corrupt")
         if t.fmt == "f32":
             t = Tensor(raw.view(np.float32).reshape(t.shape), "f32", t.shape)
+        if "input_order" in spec:
+            order = data.get(spec["input_order"])
+            k = t.shape[-1]
+            if order is None or np.asarray(order).nbytes != 4 * k:
+                raise CheckpointError(f"{path}: tensor {name}'s input order is missing or has the wrong size; "
+                                      "the file is corrupt")
+            order = np.asarray(order).view(np.uint8).reshape(-1).view("<i4")
+            if not np.array_equal(np.sort(order), np.arange(k)):
+                raise CheckpointError(f"{path}: tensor {name}'s input order is not a permutation; the file is corrupt")
+            t.input_order = order
         tensors[name] = t
     if config.get("tie_word_embeddings") and "model.embed_tokens.weight" in tensors:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
@@ -217,7 +241,8 @@ def verify(path: str | Path) -> dict[str, Any]:
     ck = read_packed(path)
     digest = hashlib.sha256()
     for name in ck.metadata["stored"]:
-        digest.update(memoryview(np.ascontiguousarray(ck.tensors[name].array).view(np.uint8).reshape(-1)))
+        for part in tensor_bytes(ck.tensors[name]):
+            digest.update(memoryview(part))
     for name in ck.metadata["file_order"]:
         digest.update(ck.metadata["files"][name])
     if digest.hexdigest() != ck.metadata["sha256"]:
