@@ -111,7 +111,7 @@ def test_sigkill_while_checkpointing_keeps_the_last_complete_one(setup):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"at step {step}" in r.stdout
     assert (ckpts / "latest").read_text().strip() == f"step{step + 1}"
-    assert not list(staging.glob("step*"))
+    assert not staging.exists()
 
 
 def test_resume_ignores_a_latest_that_points_at_nothing(tmp_path):

@@ -149,6 +149,7 @@ def save_checkpoint(engine, ckpt_dir: Path, tag: str, client_state: dict[str, An
         for script in staging.glob("*.py"):  # DeepSpeed's zero_to_fp32.py and kin, beside the checkpoints
             os.replace(script, ckpt_dir / script.name)
         write_atomic(ckpt_dir / "latest", tag)
+        shutil.rmtree(staging, ignore_errors=True)
     dist.barrier()
 
 
