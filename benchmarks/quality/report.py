@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=4096, help="tokens scored per text")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="smollm2,mini")
+    ap.add_argument("--kv-only", action="store_true", help="only the KV cache rows (f32 weights; f16 and q8_0 cache)")
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -244,6 +245,10 @@ def main() -> None:
         files = {label: convert(src, work / f"{name}-{label.replace(' ', '-')}.linly", quant,
                                 paths["calibration"] if calib else None, log)
                  for label, quant, calib in VARIANTS}
+        if args.kv_only:
+            kv_rows(name, files["f32"], tok, paths, args, results, log)
+            results_path.write_text(json.dumps(results, indent=1))
+            continue
         ggufs = {f"llama.cpp {ft}": llama_cpp_gguf(src, work, name, ft, smol) for ft in ("Q4_0", "Q8_0")}
         for text in ("heldout_en", "heldout_zh"):
             ids = [tok.bos_id] + tok.encode(paths[text].read_text(encoding="utf-8"), add_special=False)
@@ -265,8 +270,25 @@ def main() -> None:
     print(markdown(results, args))
 
 
+def kv_rows(name: str, f32: Path, tok, paths: dict, args, results: dict, log) -> None:
+    """The KV cache's precision alone: f32 weights, the cache in f16 or q8_0, against f32."""
+    for text in ("heldout_en", "heldout_zh"):
+        ids = ([tok.bos_id] + tok.encode(paths[text].read_text(encoding="utf-8"), add_special=False))[:args.tokens]
+        ref = P.engine_runner(le.Model.load(f32, max_context=args.ctx, kv_cache="f32"))
+        ref = cached(ref)
+        for kv in ("f16", "q8_0"):
+            m = le.Model.load(f32, max_context=args.ctx, kv_cache=kv)
+            s = P.score(P.engine_runner(m), ids, args.ctx, "all", ref)
+            results.setdefault("kv_cache", {}).setdefault(name, {}).setdefault(text, {})[kv] = {
+                **s.as_dict(), "kv_cache_bytes": m.info()["kv_cache_bytes"]}
+            log(f"{name} {text} kv {kv:<5} ppl {s.ppl:8.3f}  KL {s.kl:.5f}  top-1 {100 * s.top1_agreement:6.2f} %  "
+                f"cache {m.info()['kv_cache_bytes'] / 2**20:.1f} MiB")
+
+
 def markdown(results: dict, args) -> str:
     lines = []
+    kv = results.get("kv_cache", {})
+    results = {k: v for k, v in results.items() if k != "kv_cache"}
     for name, by_text in results.items():
         labels = list(next(iter(by_text.values())))
         lines += [f"**{name}** (ctx {args.ctx}, first {args.tokens} tokens of each text)", "",
@@ -280,6 +302,15 @@ def markdown(results: dict, args) -> str:
                          f"{100 * (zh['ppl'] / f32['heldout_zh'] - 1):+.1f} % | {en['kl']:.4f} / {zh['kl']:.4f} | "
                          f"{100 * en['top1_agreement']:.1f} / {100 * zh['top1_agreement']:.1f} % |")
         lines.append("")
+    if kv:
+        lines += ["KV cache (f32 weights; KL and top-1 against the f32 cache)", "",
+                  "| model | cache | MiB at ctx | ppl en | ppl zh | KL en / zh | top-1 en / zh |", "|---|---|---|---|---|---|---|"]
+        for name, by_text in kv.items():
+            for c in by_text["heldout_en"]:
+                en, zh = by_text["heldout_en"][c], by_text["heldout_zh"][c]
+                lines.append(f"| {name} | {c} | {en['kv_cache_bytes'] / 2**20:.1f} | {en['ppl']:.3f} | {zh['ppl']:.3f} | "
+                             f"{en['kl']:.5f} / {zh['kl']:.5f} | {100 * en['top1_agreement']:.2f} / "
+                             f"{100 * zh['top1_agreement']:.2f} % |")
     return "\n".join(lines)
 
 
