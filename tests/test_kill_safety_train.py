@@ -39,18 +39,28 @@ def kill_all_when(proc: subprocess.Popen, ready, timeout: float = 240) -> bool:
     it ended first."""
     import psutil
 
+    def kill_all() -> None:
+        try:
+            family = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
+        for p in family:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        psutil.wait_procs(family, timeout=30)
+
     end = time.time() + timeout
     while time.time() < end and proc.poll() is None:
         if ready():
-            family = psutil.Process(proc.pid).children(recursive=True)
-            for p in family:
-                p.send_signal(signal.SIGKILL)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(30)
-            psutil.wait_procs(family, timeout=30)
+            kill_all()
             return True
         time.sleep(0.001)
-    proc.wait(60)
+    if proc.poll() is None:  # neither done nor killed in time: leave no trainer behind
+        kill_all()
     return False
 
 
