@@ -244,7 +244,7 @@ def main() -> None:
         tok = load_tokenizer(carried_files(ck), ck.metadata.get("gguf_tokenizer_fields"))
         files = {label: convert(src, work / f"{name}-{label.replace(' ', '-')}.linly", quant,
                                 paths["calibration"] if calib else None, log)
-                 for label, quant, calib in VARIANTS}
+                 for label, quant, calib in VARIANTS if label == "f32" or not args.kv_only}
         if args.kv_only:
             kv_rows(name, files["f32"], tok, paths, args, results, log)
             results_path.write_text(json.dumps(results, indent=1))
