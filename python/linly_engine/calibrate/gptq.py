@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linly_engine.calibrate.groupwise import fit_groups
+from linly_engine.calibrate.groupwise import fit_groups, quantize_codes
 
 BLOCK = 128  # columns updated together; the lazy batch of the paper (a multiple of every group size)
 
@@ -61,19 +61,13 @@ def gptq(w: np.ndarray, h: np.ndarray | tuple, group: int, damp: float = 0.01,
                 d_all[:, gi], z_all[:, gi] = fit_groups(wb[:, i:i + group], diag_h[col:col + group], search)
             gi = col // group
             d, z = d_all[:, gi], z_all[:, gi]
-            q = _codes(wb[:, i], d, z)
+            q = quantize_codes(wb[:, i:i + 1], d, z)[:, 0]
             codes[:, col] = q
             e = (wb[:, i] - d * (q - z)) / u[col, col]
             wb[:, i:] -= np.outer(e, u[col, col:b1])
             err[:, i] = e
         w[:, b1:] -= err @ u[b0:b1, b1:]
     return codes, d_all, z_all
-
-
-def _codes(col: np.ndarray, d: np.ndarray, z: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(d != 0, np.rint(col / d) + z, z)
-    return np.clip(q, 0, 15)
 
 
 def dequantize(codes: np.ndarray, d: np.ndarray, z: np.ndarray, group: int) -> np.ndarray:

@@ -66,15 +66,16 @@ def _group_error(w: np.ndarray, d: np.ndarray, z: np.ndarray, weight: np.ndarray
     return (e * (weight if weight.ndim == 2 else weight[None, :])).sum(1) if weight is not None else e.sum(1)
 
 
-def rtn(w: np.ndarray, group: int, search: bool = False, weight: np.ndarray | None = None) -> np.ndarray:
-    """Round-to-nearest in the q4_g format, dequantised: what the engine would compute
-    with (float32 [n, k]); ``search`` and ``weight`` [k] as in `fit_groups`."""
+def round_groups(w: np.ndarray, group: int, weight: np.ndarray | None = None,
+                 search: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round-to-nearest of ``w`` [n, k] in groups of ``group``: codes [n, k] (uint8),
+    scales d and zero points z [n, k/group]; ``weight`` [k] and ``search`` as in `fit_groups`."""
     n, k = w.shape
     g = np.asarray(w, np.float32).reshape(n * (k // group), group)
     wt = None if weight is None else np.tile(np.asarray(weight, np.float32).reshape(-1, group), (n, 1))
     d, z = fit_groups(g, wt, search)
-    q = quantize_codes(g, d, z)
-    return (d[:, None] * (q - z[:, None])).reshape(n, k)
+    codes = quantize_codes(g, d, z).reshape(n, k).astype(np.uint8)
+    return codes, d.reshape(n, k // group), z.reshape(n, k // group)
 
 
 def pack_rows(codes: np.ndarray, d: np.ndarray, z: np.ndarray, group: int) -> np.ndarray:

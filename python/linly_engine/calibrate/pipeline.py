@@ -18,7 +18,7 @@ import numpy as np
 
 from linly_engine.calibrate import awq
 from linly_engine.calibrate.gptq import dequantize, gptq, inverse_factor
-from linly_engine.calibrate.groupwise import GROUP_SIZES, fit_groups, pack_rows, quantize_codes
+from linly_engine.calibrate.groupwise import GROUP_SIZES, pack_rows, round_groups
 from linly_engine.calibrate.reference import Layer, layer_forward, rms_norm, rope_tables
 from linly_engine.formats.checkpoint import Checkpoint, Tensor
 
@@ -166,7 +166,7 @@ class Calibrator:
         if "gptq" in self.method:
             codes, d, z = gptq(w, factor if factor is not None else h, group, self.damp, search=True)
         else:  # awq alone: round to nearest, each group's range searched against the inputs' second moments
-            codes, d, z = _searched_rtn(w, np.diag(h).astype(np.float32), group)
+            codes, d, z = round_groups(w, group, np.diag(h).astype(np.float32), search=True)
         wq = dequantize(codes, d, z, group)
         rtn_err = float(np.mean(np.square(x_sample @ (engine_rtn(w, fmt) - w).T)))
         err = float(np.mean(np.square(x_sample @ (wq - w).T)))
@@ -188,12 +188,3 @@ class Calibrator:
         tensors[name] = tensor
         if tied:
             tensors["model.embed_tokens.weight"] = tensor  # one matrix, stored once
-
-
-def _searched_rtn(w: np.ndarray, weight: np.ndarray, group: int):
-    n, k = w.shape
-    g = w.reshape(n * (k // group), group)
-    wt = np.tile(weight.reshape(-1, group), (n, 1))
-    d, z = fit_groups(g, wt, search=True)
-    codes = quantize_codes(g, d, z).reshape(n, k).astype(np.uint8)
-    return codes, d.reshape(n, k // group), z.reshape(n, k // group)
