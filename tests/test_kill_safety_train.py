@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("deepspeed")
 
+from proctree import kill_tree_when, run_tree  # noqa: E402
 from textdata import CORPUS  # noqa: E402
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -31,37 +30,6 @@ SIZE = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_att
 def train_cmd(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "linly_train.cli", "train", "--nproc", "1", "--model", str(model), "--data",
             str(data), "--out", str(out), "--lr", "1e-3", "--micro-batch", "1", "--no-bf16", *extra]
-
-
-def kill_all_when(proc: subprocess.Popen, ready, timeout: float = 240) -> bool:
-    """SIGKILLs the process and all its descendants when ready() holds (torchrun puts its
-    workers in sessions of their own, so a process-group kill would miss them); False if
-    it ended first."""
-    import psutil
-
-    def kill_all() -> None:
-        try:
-            family = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            family = []
-        for p in family:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        psutil.wait_procs(family, timeout=30)
-
-    end = time.time() + timeout
-    while time.time() < end and proc.poll() is None:
-        if ready():
-            kill_all()
-            return True
-        time.sleep(0.001)
-    if proc.poll() is None:  # neither done nor killed in time: leave no trainer behind
-        kill_all()
-    return False
 
 
 def files_of(folder: Path) -> dict[str, int]:
@@ -100,7 +68,7 @@ def test_sigkill_while_checkpointing_keeps_the_last_complete_one(setup):
     proc = subprocess.Popen(train_cmd(model, root / "data", out, "--steps", "60", "--save-every", "1",
                                       "--eval-batches", "1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    killed = kill_all_when(proc, writing_second_checkpoint)
+    killed = kill_tree_when(proc, writing_second_checkpoint)
     assert killed, "training ended before a checkpoint write could be interrupted"
     latest = (ckpts / "latest").read_text().strip()
     tags = sorted((p.name for p in ckpts.iterdir() if p.is_dir() and p.name.startswith("step")),
@@ -116,8 +84,8 @@ def test_sigkill_while_checkpointing_keeps_the_last_complete_one(setup):
 
     # resume takes the complete checkpoint and goes on; the leftovers are cleared
     step = int(latest[4:])
-    r = subprocess.run(train_cmd(model, root / "data", out, "--resume", "--steps", str(step + 1), "--eval-batches",
-                                 "1"), capture_output=True, text=True, env=ENV, timeout=600)
+    r = run_tree(train_cmd(model, root / "data", out, "--resume", "--steps", str(step + 1), "--eval-batches", "1"),
+                 timeout=600, env=ENV)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"at step {step}" in r.stdout
     assert (ckpts / "latest").read_text().strip() == f"step{step + 1}"
@@ -142,30 +110,32 @@ def test_sigkill_during_export_keeps_the_old_files(setup, tmp_path):
 
     root, model = setup
     run = root / "exportrun"
-    r = subprocess.run(train_cmd(model, root / "data", run, "--steps", "2", "--eval-batches", "1"),
-                       capture_output=True, text=True, env=ENV, timeout=600)
+    r = run_tree(train_cmd(model, root / "data", run, "--steps", "2", "--eval-batches", "1"), timeout=600, env=ENV)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "m.linly"
     export = [sys.executable, "-m", "linly_train.cli", "export", str(run), str(out)]
-    r = subprocess.run(export + ["--quant", "q8_0"], capture_output=True, text=True, env=ENV, timeout=600)
+    r = run_tree(export + ["--quant", "q8_0"], timeout=600, env=ENV)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     hf = tmp_path / "m-hf"
     before, hf_before = out.read_bytes(), {n: (hf / n).read_bytes() for n in files_of(hf)}
 
     for what, prefix in (("the Hugging Face folder", ".m-hf.tmp-"), ("the packed file", ".m.linly.tmp-")):
         def writing() -> bool:
-            return any(p.name.startswith(prefix) and (p.is_dir() and any(p.iterdir()) or p.is_file() and
-                                                      p.stat().st_size > 0) for p in tmp_path.iterdir())
+            try:
+                return any(p.name.startswith(prefix) and (p.is_dir() and any(p.iterdir()) or p.is_file() and
+                                                          p.stat().st_size > 0) for p in tmp_path.iterdir())
+            except FileNotFoundError:  # renamed away while we looked
+                return False
 
         proc = subprocess.Popen(export + ["--quant", "f32"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=ENV)
-        assert kill_all_when(proc, writing), f"export ended before {what} could be interrupted"
+        assert kill_tree_when(proc, writing), f"export ended before {what} could be interrupted"
         assert out.read_bytes() == before, what
         assert verify(out)["tensors"] > 0
         assert {n: (hf / n).read_bytes() for n in files_of(hf)} == hf_before, what
         assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["m-hf", "m.linly"]
     # the next export clears the dead writers' temporaries and replaces both
-    r = subprocess.run(export + ["--quant", "f32"], capture_output=True, text=True, env=ENV, timeout=600)
+    r = run_tree(export + ["--quant", "f32"], timeout=600, env=ENV)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m-hf", "m.linly"]
     assert out.read_bytes() != before and verify(out)["tensors"] > 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("deepspeed")
 
+from proctree import run_tree  # noqa: E402
 from textdata import CORPUS  # noqa: E402
 
 TRAIN = ["--steps", "24", "--save-every", "12", "--lr", "3e-3", "--micro-batch", "2", "--eval-every", "12",
@@ -25,9 +25,8 @@ TRAIN = ["--steps", "24", "--save-every", "12", "--lr", "3e-3", "--micro-batch",
 
 def train(model, data, out, *extra):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run([sys.executable, "-m", "linly_train.cli", "train", "--nproc", "2", "--model", str(model),
-                        "--data", str(data), "--out", str(out), *TRAIN, *extra], capture_output=True, text=True,
-                       env=env, timeout=900)
+    r = run_tree([sys.executable, "-m", "linly_train.cli", "train", "--nproc", "2", "--model", str(model),
+                  "--data", str(data), "--out", str(out), *TRAIN, *extra], timeout=900, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 

@@ -245,6 +245,9 @@ def verify(path: str | Path) -> dict[str, Any]:
             digest.update(memoryview(part))
     for name in ck.metadata["file_order"]:
         digest.update(ck.metadata["files"][name])
+    if not isinstance(ck.metadata["sha256"], str):
+        raise CheckpointError(f"{path}: the file carries no checksum (linly.sha256 is missing or not text): "
+                              "it is corrupt or was not written by linly; convert it again")
     if digest.hexdigest() != ck.metadata["sha256"]:
         raise CheckpointError(f"{path}: checksum mismatch (stored {ck.metadata['sha256'][:16]}…, "
                               f"computed {digest.hexdigest()[:16]}…): the file is corrupt; convert it again")
