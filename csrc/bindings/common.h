@@ -27,5 +27,6 @@ void bind_runtime(py::module_& m);
 void bind_quant(py::module_& m);
 void bind_packed_matrix(py::module_& m);
 void bind_model(py::module_& m);
+void bind_gpu(py::module_& m);
 
 }  // namespace linly::py_bind

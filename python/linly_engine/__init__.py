@@ -21,6 +21,7 @@ from linly_engine._C import (  # noqa: F401  (re-exported API)
     set_num_threads,
 )
 
+from linly_engine import cuda  # noqa: E402,F401  (linly_engine.cuda)
 from linly_engine.engine import ContextOverflowError, Engine, GenerationStats  # noqa: E402
 from linly_engine.model import Model  # noqa: E402
 from linly_engine.sampling import SamplingParams  # noqa: E402
@@ -39,6 +40,7 @@ __all__ = [
     "PackedMatrix",
     "available_isas",
     "cpu_info",
+    "cuda",
     "dequantize",
     "format_info",
     "formats",

@@ -1,0 +1,57 @@
+// Device-side ownership of the weights (included by the kernel files and api.cu only).
+#pragma once
+#include "api.h"
+#include "common.cuh"
+#include "weights.cuh"
+
+namespace linly {
+namespace cuda {
+
+// cudaMalloc'd memory, freed on destruction.
+template <class T>
+struct DeviceArray {
+  T* ptr = nullptr;
+  int64_t count = 0;
+  DeviceArray() = default;
+  explicit DeviceArray(int64_t n) : count(n) {
+    if (n > 0) LINLY_CUDA_CHECK(cudaMalloc(&ptr, sizeof(T) * (size_t)n));
+  }
+  DeviceArray(const T* host, int64_t n) : DeviceArray(n) {
+    if (n > 0) LINLY_CUDA_CHECK(cudaMemcpy(ptr, host, sizeof(T) * (size_t)n, cudaMemcpyHostToDevice));
+  }
+  DeviceArray(DeviceArray&& o) noexcept : ptr(o.ptr), count(o.count) { o.ptr = nullptr; o.count = 0; }
+  DeviceArray& operator=(DeviceArray&& o) noexcept { std::swap(ptr, o.ptr); std::swap(count, o.count); return *this; }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  ~DeviceArray() { if (ptr) cudaFree(ptr); }
+  int64_t bytes() const { return count * (int64_t)sizeof(T); }
+};
+
+struct DeviceW4 {
+  DeviceArray<uint32_t> q;
+  DeviceArray<uint16_t> d, m;
+  DeviceArray<uint8_t> z;
+  int64_t n = 0, k = 0;
+  int group = 32, kind = 0;
+  template <int KIND>
+  W4View<KIND> view() const {
+    return W4View<KIND>{q.ptr, reinterpret_cast<const half*>(d.ptr), reinterpret_cast<const half*>(m.ptr), z.ptr,
+                        n, k, group};
+  }
+};
+
+struct DeviceW8 {
+  DeviceArray<int8_t> q;
+  DeviceArray<uint16_t> d;
+  int64_t n = 0, k = 0;
+  int group = 32;
+  W8View view() const { return W8View{q.ptr, reinterpret_cast<const half*>(d.ptr), n, k, group}; }
+};
+
+void gemv_w4(const DeviceW4& w, const half* x, half* y, int m, cudaStream_t stream);
+void gemv_w8(const DeviceW8& w, const half* x, half* y, int m, cudaStream_t stream);
+void gemm_w4(const DeviceW4& w, const half* x, half* y, int m, cudaStream_t stream);
+void gemm_w8(const DeviceW8& w, const half* x, half* y, int m, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace linly
