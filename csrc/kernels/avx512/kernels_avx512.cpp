@@ -49,8 +49,12 @@ inline void store_rows(float* y, __m512 v, int rows) {
 }
 
 // Software prefetch a few blocks ahead, as in the AVX2 kernels (same reasoning).
-constexpr int kPrefetchBytes = 4096;
+#ifndef LINLY_AVX512_PREFETCH_BYTES
+#define LINLY_AVX512_PREFETCH_BYTES 4096
+#endif
+constexpr int kPrefetchBytes = LINLY_AVX512_PREFETCH_BYTES;
 inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
+  if (kPrefetchBytes == 0) return;
   for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), _MM_HINT_T1);
 }
 
