@@ -13,12 +13,13 @@ py=${PYTHON:-python}
 build=${LINLY_SAN_BUILD:-build-asan}
 # The native-touching tests: kernels and quantisers, the packed matrix and file, every
 # loader (corrupt files included), the decoder against transformers, batching, the
-# engine, and the fuzz seeds and regressions (test_fuzz without its timed campaigns).
+# engine, the GPU layout repacking, and the fuzz seeds and regressions (test_fuzz without
+# its timed campaigns).
 # Left out: the serve, CLI, training and browser tests (the same native calls through
 # subprocesses and HTTP, minutes more under ASan) and test_smollm2 (a real model).
 SAN_TESTS=(tests/test_kernels.py tests/test_quantize.py tests/test_packed.py tests/test_loaders.py
            tests/test_corrupt_files.py tests/test_model_hf.py tests/test_batching.py tests/test_engine.py
-           tests/test_errors.py "tests/test_fuzz.py::test_seeds_and_regressions")
+           tests/test_errors.py tests/test_cuda_layout.py "tests/test_fuzz.py::test_seeds_and_regressions")
 
 mkdir -p "$build"
 cmake -S . -B "$build" -DLINLY_SANITIZE=ON -DLINLY_CUDA=OFF -DCMAKE_BUILD_TYPE=Release \
