@@ -32,6 +32,18 @@ class Linear {
   virtual double time_us(int m, int iters, int copies) = 0;
 };
 
+// The decoder's elementwise and attention kernels (layers.cu) on host arrays, for tests:
+// fp16 values as uint16 bits, copied to the device and back.
+void rmsnorm_host(const uint16_t* x, const float* w, uint16_t* y, int64_t rows, int64_t d, float eps);
+void swiglu_host(const uint16_t* gate, const uint16_t* up, uint16_t* out, int64_t count);
+// v: [rows][heads][hd] in place; cos/sin: [table_rows][hd/2]; pos[r] < table_rows.
+void rope_host(uint16_t* v, const int* pos, const float* cos_t, const float* sin_t, int64_t rows, int heads, int hd,
+               int64_t table_rows);
+// q: [heads][hd]; caches: [len][kv_heads][hd]; out: [heads][hd].
+void attention_decode_host(const uint16_t* q, const uint16_t* kc, const uint16_t* vc, uint16_t* out, int len,
+                           int heads, int kv_heads, int hd, float scale);
+int attention_decode_max_len();
+
 // Device-to-device copy bandwidth, GB/s counting bytes read plus written (cudaMemcpy of
 // `bytes`, median of `iters`).
 double copy_bandwidth_gbs(int64_t bytes, int iters);

@@ -89,3 +89,54 @@ def test_bad_input_is_refused():
         lin(np.zeros((2, 64), np.float16))
     with pytest.raises(TypeError, match="float16"):
         lin(np.zeros((2, 128), np.float32))
+
+
+@pytest.mark.parametrize("rows,d", [(1, 576), (5, 2048), (3, 4097)])
+def test_rmsnorm(rows, d):
+    rng = np.random.default_rng(d)
+    x = rng.standard_normal((rows, d)).astype(np.float16)
+    w = rng.uniform(0.5, 1.5, d).astype(np.float32)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    assert rel_err(le.cuda.rmsnorm(x, w, 1e-5), ref) < 2e-3
+
+
+def test_swiglu():
+    rng = np.random.default_rng(2)
+    g, u = (rng.standard_normal((3, 1537)).astype(np.float16) for _ in range(2))
+    g64 = g.astype(np.float64)
+    assert rel_err(le.cuda.swiglu(g, u), g64 / (1 + np.exp(-g64)) * u) < 2e-3
+
+
+@pytest.mark.parametrize("heads,hd", [(9, 64), (4, 6), (32, 128)])
+def test_rope_matches_rotate_half(heads, hd):
+    rng = np.random.default_rng(hd)
+    inv = 1.0 / 10000.0 ** (np.arange(0, hd, 2) / hd)
+    ang = np.arange(300)[:, None] * inv[None]
+    cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+    v = rng.standard_normal((5, heads, hd)).astype(np.float16)
+    pos = np.array([0, 7, 299, 3, 150])
+    a, b = v[..., : hd // 2].astype(np.float64), v[..., hd // 2:].astype(np.float64)
+    c, s = cos[pos][:, None], sin[pos][:, None]
+    ref = np.concatenate([a * c - b * s, b * c + a * s], -1)
+    assert rel_err(le.cuda.rope(v, pos, cos, sin), ref) < 2e-3
+    with pytest.raises(ValueError, match="outside the rotary tables"):
+        le.cuda.rope(v, np.array([0, 0, 0, 0, 300]), cos, sin)
+
+
+@pytest.mark.parametrize("length,heads,kv,hd", [(1, 4, 2, 64), (37, 9, 3, 80), (1000, 32, 4, 128), (11264, 8, 8, 64)])
+def test_attention_decode(length, heads, kv, hd):
+    rng = np.random.default_rng(length)
+    q = rng.standard_normal((heads, hd)).astype(np.float16)
+    k = rng.standard_normal((length, kv, hd)).astype(np.float16)
+    v = rng.standard_normal((length, kv, hd)).astype(np.float16)
+    scale = hd ** -0.5
+    kh = np.repeat(k.astype(np.float64), heads // kv, axis=1)  # [len, heads, hd]
+    vh = np.repeat(v.astype(np.float64), heads // kv, axis=1)
+    s = np.einsum("hd,lhd->hl", q.astype(np.float64), kh) * scale
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = np.einsum("hl,lhd->hd", p, vh)
+    assert rel_err(le.cuda.attention_decode(q, k, v, scale), ref) < 3e-3
+    with pytest.raises(ValueError, match="cache length must be"):
+        le.cuda.attention_decode(q, np.zeros((11265, kv, hd), np.float16), np.zeros((11265, kv, hd), np.float16), scale)

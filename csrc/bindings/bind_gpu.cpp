@@ -2,6 +2,7 @@
 // weight matrices on the GPU. Without a CUDA build or a device the CUDA entry points
 // raise RuntimeError saying which of the two is missing.
 #include <cstring>
+#include <vector>
 #include <string>
 
 #include "bindings/common.h"
@@ -67,6 +68,21 @@ void require_cuda() {
 }
 
 #if LINLY_CUDA_ENABLED
+// A float16 C-contiguous array of `ndim` dimensions (float16 travels as uint16 bits).
+void require_f16(const py::array& a, const char* what, int ndim) {
+  if (a.dtype().kind() != 'f' || a.itemsize() != 2)
+    throw py::type_error(std::string(what) + " must be float16, got " + std::string(py::str(a.dtype())));
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(what) + " must have " + std::to_string(ndim) + " dimensions, got shape " +
+                          shape_str(a));
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(what) + " must be C-contiguous");
+}
+const uint16_t* bits(const py::array& a) { return static_cast<const uint16_t*>(a.data()); }
+py::array_t<uint16_t> like(const py::array& a) {
+  std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
+  return py::array_t<uint16_t>(shape);
+}
+
 struct PyCudaLinear {
   std::unique_ptr<cuda::Linear> impl;
 
@@ -174,9 +190,65 @@ void bind_gpu(py::module_& m) {
     py::gil_scoped_release nogil;
     return cuda::copy_bandwidth_gbs(bytes, iters);
   }, py::arg("bytes") = (int64_t)1 << 30, py::arg("iters") = 20);
+  m.def("cuda_rmsnorm", [](const py::array& x, const py::array& w, float eps) {
+    require_cuda();
+    require_f16(x, "x", 2);
+    require_f32(w, "w", 1, 1);
+    if (w.shape(0) != x.shape(1)) throw py::value_error("w has shape " + shape_str(w) + " but x has " + shape_str(x));
+    auto y = like(x);
+    cuda::rmsnorm_host(bits(x), static_cast<const float*>(w.data()), y.mutable_data(), x.shape(0), x.shape(1), eps);
+    return y;
+  }, py::arg("x"), py::arg("w"), py::arg("eps"), "RMSNorm on the GPU: float16 [rows, d], float32 weights [d].");
+  m.def("cuda_swiglu", [](const py::array& gate, const py::array& up) {
+    require_cuda();
+    require_f16(gate, "gate", 2);
+    require_f16(up, "up", 2);
+    if (gate.shape(0) != up.shape(0) || gate.shape(1) != up.shape(1))
+      throw py::value_error("gate " + shape_str(gate) + " and up " + shape_str(up) + " must have one shape");
+    auto out = like(gate);
+    cuda::swiglu_host(bits(gate), bits(up), out.mutable_data(), gate.size());
+    return out;
+  }, py::arg("gate"), py::arg("up"), "silu(gate) * up on the GPU, float16.");
+  m.def("cuda_rope", [](const py::array& v, const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& pos,
+                        const py::array& cos_t, const py::array& sin_t) {
+    require_cuda();
+    require_f16(v, "v", 3);
+    require_f32(cos_t, "cos", 2, 2);
+    require_f32(sin_t, "sin", 2, 2);
+    const int hd = (int)v.shape(2);
+    if (hd % 2 || cos_t.shape(1) != hd / 2 || sin_t.shape(1) != hd / 2 || sin_t.shape(0) != cos_t.shape(0))
+      throw py::value_error("cos and sin must both be [positions, head_dim/2] for an even head_dim, got " +
+                            shape_str(cos_t) + " and " + shape_str(sin_t) + " for v " + shape_str(v));
+    if (pos.ndim() != 1 || pos.shape(0) != v.shape(0))
+      throw py::value_error("pos must have one entry per row of v");
+    auto out = like(v);
+    std::memcpy(out.mutable_data(), v.data(), (size_t)v.nbytes());
+    cuda::rope_host(out.mutable_data(), pos.data(), static_cast<const float*>(cos_t.data()),
+                    static_cast<const float*>(sin_t.data()), v.shape(0), (int)v.shape(1), hd, cos_t.shape(0));
+    return out;
+  }, py::arg("v"), py::arg("pos"), py::arg("cos"), py::arg("sin"),
+     "Rotary embedding (rotate-half pairs) of float16 [rows, heads, head_dim] at positions pos.");
+  m.def("cuda_attention_decode", [](const py::array& q, const py::array& kc, const py::array& vc, float scale) {
+    require_cuda();
+    require_f16(q, "q", 2);
+    require_f16(kc, "k_cache", 3);
+    require_f16(vc, "v_cache", 3);
+    const int heads = (int)q.shape(0), hd = (int)q.shape(1), len = (int)kc.shape(0), kvh = (int)kc.shape(1);
+    if (kc.shape(2) != hd || vc.shape(0) != kc.shape(0) || vc.shape(1) != kvh || vc.shape(2) != hd)
+      throw py::value_error("caches must be [len, kv_heads, head_dim] matching q: q " + shape_str(q) + ", k " +
+                            shape_str(kc) + ", v " + shape_str(vc));
+    if (len < 1 || len > cuda::attention_decode_max_len())
+      throw py::value_error("the cache length must be 1.." + std::to_string(cuda::attention_decode_max_len()));
+    if (kvh < 1 || heads % kvh) throw py::value_error("the query heads must be a multiple of the cache's kv heads");
+    auto out = like(q);
+    cuda::attention_decode_host(bits(q), bits(kc), bits(vc), out.mutable_data(), len, heads, kvh, hd, scale);
+    return out;
+  }, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("scale"),
+     "One position's attention over float16 caches [len, kv_heads, head_dim] (grouped-query heads).");
 #else
   m.def("CudaLinear", [](py::args, py::kwargs) -> py::object { throw std::runtime_error(kNoCudaBuild); });
-  m.def("cuda_copy_bandwidth", [](py::args, py::kwargs) -> double { throw std::runtime_error(kNoCudaBuild); });
+  for (const char* name : {"cuda_copy_bandwidth", "cuda_rmsnorm", "cuda_swiglu", "cuda_rope", "cuda_attention_decode"})
+    m.def(name, [](py::args, py::kwargs) -> py::object { throw std::runtime_error(kNoCudaBuild); });
 #endif
 }
 

@@ -97,3 +97,35 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30, iters: int = 20) -> float:
     the GEMV kernels are measured against."""
     require()
     return _C.cuda_copy_bandwidth(nbytes, iters)
+
+
+# The decoder's other operations on the GPU, one call each (the fp16 decoder that chains
+# them with the matrices above is not built yet). float16 in and out.
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """``x / sqrt(mean(x²) + eps) · w`` per row: x float16 [rows, d], w float32 [d]."""
+    require()
+    return _C.cuda_rmsnorm(np.ascontiguousarray(x, np.float16), np.ascontiguousarray(w, np.float32), eps).view(np.float16)
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """``silu(gate) · up``, float16 [rows, ffn]."""
+    require()
+    return _C.cuda_swiglu(np.ascontiguousarray(gate, np.float16), np.ascontiguousarray(up, np.float16)).view(np.float16)
+
+
+def rope(v: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotary embedding of float16 [rows, heads, head_dim] (element i pairs with
+    i + head_dim/2, as transformers' rotate_half) at positions ``pos``, from float32
+    tables [positions, head_dim/2] (the CPU decoder's)."""
+    require()
+    return _C.cuda_rope(np.ascontiguousarray(v, np.float16), np.asarray(pos, np.int32),
+                        np.ascontiguousarray(cos, np.float32), np.ascontiguousarray(sin, np.float32)).view(np.float16)
+
+
+def attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, scale: float) -> np.ndarray:
+    """One position's attention: q float16 [heads, head_dim] over caches float16
+    [len, kv_heads, head_dim] (query head h reads kv head h // (heads // kv_heads))."""
+    require()
+    return _C.cuda_attention_decode(np.ascontiguousarray(q, np.float16), np.ascontiguousarray(k_cache, np.float16),
+                                    np.ascontiguousarray(v_cache, np.float16), scale).view(np.float16)
