@@ -48,6 +48,17 @@ struct DeviceW8 {
   W8View view() const { return W8View{q.ptr, reinterpret_cast<const half*>(d.ptr), n, k, group}; }
 };
 
+// Calls f(view) with the W4View of w's kind (the kind is a template parameter of the
+// kernels, so each gets its dequantiser without a branch in the inner loop).
+template <class F>
+void with_w4_view(const DeviceW4& w, F&& f) {
+  switch (w.kind) {
+    case 0: f(w.view<0>()); break;
+    case 1: f(w.view<1>()); break;
+    default: f(w.view<2>()); break;
+  }
+}
+
 void gemv_w4(const DeviceW4& w, const half* x, half* y, int m, cudaStream_t stream);
 void gemv_w8(const DeviceW8& w, const half* x, half* y, int m, cudaStream_t stream);
 void gemm_w4(const DeviceW4& w, const half* x, half* y, int m, cudaStream_t stream);

@@ -89,11 +89,7 @@ void launch_gemm(const W& w, const half* x, half* y, int m, cudaStream_t stream)
 }  // namespace
 
 void gemm_w4(const DeviceW4& w, const half* x, half* y, int m, cudaStream_t stream) {
-  switch (w.kind) {
-    case 0: launch_gemm(w.view<0>(), x, y, m, stream); break;
-    case 1: launch_gemm(w.view<1>(), x, y, m, stream); break;
-    default: launch_gemm(w.view<2>(), x, y, m, stream); break;
-  }
+  with_w4_view(w, [&](const auto& v) { launch_gemm(v, x, y, m, stream); });
 }
 
 void gemm_w8(const DeviceW8& w, const half* x, half* y, int m, cudaStream_t stream) {

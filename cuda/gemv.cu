@@ -72,11 +72,7 @@ void launch_gemv(const W& w, const half* x, half* y, int m, cudaStream_t stream)
 }  // namespace
 
 void gemv_w4(const DeviceW4& w, const half* x, half* y, int m, cudaStream_t stream) {
-  switch (w.kind) {
-    case 0: launch_gemv(w.view<0>(), x, y, m, stream); break;
-    case 1: launch_gemv(w.view<1>(), x, y, m, stream); break;
-    default: launch_gemv(w.view<2>(), x, y, m, stream); break;
-  }
+  with_w4_view(w, [&](const auto& v) { launch_gemv(v, x, y, m, stream); });
 }
 
 void gemv_w8(const DeviceW8& w, const half* x, half* y, int m, cudaStream_t stream) {

@@ -25,24 +25,20 @@ py::array_t<T> to_np(const std::vector<T>& v, int64_t rows) {
 
 bool is_w8(const std::string& fmt) { return fmt == "q8_0"; }
 
+// Checks that `data` holds n rows of `fmt` with k columns; returns n.
+int64_t checked_rows(const py::array& data, const std::string& fmt, int64_t k) {
+  require_packed_rows(data, parse_format_or_throw(fmt), k);
+  return data.shape(0);
+}
+
 gpu::W4Weights w4_from(const py::array& data, const std::string& fmt, int64_t k) {
-  const Format f = parse_format_or_throw(fmt);
-  require_packed_rows(data, f, k);
-  const int64_t n = data.shape(0);
-  return gpu::repack_w4(static_cast<const uint8_t*>(data.data()), n * data.shape(1), fmt.c_str(), n, k);
+  const int64_t n = checked_rows(data, fmt, k);
+  return gpu::repack_w4(static_cast<const uint8_t*>(data.data()), data.nbytes(), fmt.c_str(), n, k);
 }
 
 gpu::W8Weights w8_from(const py::array& data, const std::string& fmt, int64_t k) {
-  const Format f = parse_format_or_throw(fmt);
-  require_packed_rows(data, f, k);
-  const int64_t n = data.shape(0);
-  return gpu::repack_w8(static_cast<const uint8_t*>(data.data()), n * data.shape(1), fmt.c_str(), n, k);
-}
-
-py::array_t<float> f32_matrix(const std::vector<float>& v, int64_t n, int64_t k) {
-  py::array_t<float> a({n, k});
-  std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(float));
-  return a;
+  const int64_t n = checked_rows(data, fmt, k);
+  return gpu::repack_w8(static_cast<const uint8_t*>(data.data()), data.nbytes(), fmt.c_str(), n, k);
 }
 
 #if !LINLY_CUDA_ENABLED
@@ -87,14 +83,12 @@ struct PyCudaLinear {
   std::unique_ptr<cuda::Linear> impl;
 
   py::array_t<uint16_t> forward(const py::array& x, bool force_gemm) {
-    if (x.dtype().kind() != 'f' || x.itemsize() != 2)
-      throw py::type_error("x must be float16, got " + std::string(py::str(x.dtype())));
-    if (x.ndim() != 2 || x.shape(1) != impl->k())
+    require_f16(x, "x", 2);
+    if (x.shape(1) != impl->k())
       throw py::value_error("x must have shape (m, " + std::to_string(impl->k()) + "), got " + shape_str(x));
-    if (!(x.flags() & py::array::c_style)) throw py::value_error("x must be C-contiguous (np.ascontiguousarray)");
     const int m = (int)x.shape(0);
     py::array_t<uint16_t> y({(int64_t)m, impl->n()});
-    const uint16_t* src = static_cast<const uint16_t*>(x.data());
+    const uint16_t* src = bits(x);
     uint16_t* dst = y.mutable_data();
     {
       py::gil_scoped_release nogil;
@@ -133,17 +127,17 @@ void bind_gpu(py::module_& m) {
   m.def("gpu_layout_dequantize", [](const py::array& data, const std::string& fmt, int64_t k) {
     if (is_w8(fmt)) {
       const gpu::W8Weights w = w8_from(data, fmt, k);
-      return f32_matrix(gpu::dequantize_ref(w), w.n, w.k);
+      return to_np(gpu::dequantize_ref(w), w.n);
     }
     const gpu::W4Weights w = w4_from(data, fmt, k);
-    return f32_matrix(gpu::dequantize_ref(w), w.n, w.k);
+    return to_np(gpu::dequantize_ref(w), w.n);
   }, py::arg("data"), py::arg("fmt"), py::arg("k"),
      "The f32 weights the GPU layout of these rows stands for (the scalar reference of the CUDA kernels).");
 
   m.def("gpu_int8_per_channel", [](const py::array& w) {
     require_f32(w, "w", 2, 2);
     const gpu::W8Weights q = gpu::quantize_w8_per_channel(static_cast<const float*>(w.data()), w.shape(0), w.shape(1));
-    return py::make_tuple(to_np(q.qweight, q.n), to_np(q.scales, q.n), f32_matrix(gpu::dequantize_ref(q), q.n, q.k));
+    return py::make_tuple(to_np(q.qweight, q.n), to_np(q.scales, q.n), to_np(gpu::dequantize_ref(q), q.n));
   }, py::arg("w"), "f32 [n, k] -> (int8 codes, fp16 scale bits per row, the f32 they stand for).");
 
   m.def("cuda_built", [] { return (bool)LINLY_CUDA_ENABLED; }, "Whether this build has the CUDA part.");
