@@ -61,6 +61,43 @@ def test_matmul_matches_scalar_reference(fmt, n, k, isa, nthreads, precise, thre
                                    err_msg=f"{fmt} n={n} k={k} m={m} isa={isa} threads={nthreads}")
 
 
+@functools.lru_cache(maxsize=None)
+def f32_refs(fmt: str, n: int, k: int):
+    data, xs, _ = gaussian_case(fmt, n, k)
+    return {m: _C.matmul_ref(x, data, fmt, k, f32_activations=True) for m, x in xs.items()}
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt,n,k", [c for c in CASES if c[0] in QUANT])
+def test_f32_activation_matmul_matches_scalar_reference(fmt, n, k, isa, nthreads, threads):
+    """The prompt path (x unquantised against weights dequantised tile by tile; on AVX2 a
+    6x16 FMA micro-kernel over 256-column tiles, so K = 4160 spans a partial tile and
+    odd n a partial panel) against the scalar reference of the same product."""
+    le.set_num_threads(nthreads)
+    data, xs, _ = gaussian_case(fmt, n, k)
+    refs = f32_refs(fmt, n, k)
+    mat = le.PackedMatrix(data, fmt, k, isa=isa)
+    for m in M_VALUES:  # 1, 3 and 17 leave partial 6-row blocks
+        y = mat.matmul(xs[m], activations="f32")
+        np.testing.assert_allclose(y, refs[m], rtol=1e-5, atol=1e-5 * float(np.abs(refs[m]).max()),
+                                   err_msg=f"{fmt} n={n} k={k} m={m} isa={isa} threads={nthreads}")
+
+
+def test_f32_activations_mean_the_dequantised_product(rng):
+    """matmul(activations='f32') is x · dequantise(W)ᵀ to f32 rounding, for every format,
+    and unknown activation names are refused."""
+    for fmt in QUANT + DENSE:
+        n, k = 45, 768
+        data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
+        x = rng.standard_normal((20, k)).astype(np.float32)
+        exact = x.astype(np.float64) @ le.dequantize(data, fmt, k).astype(np.float64).T
+        y = le.PackedMatrix(data, fmt, k).matmul(x, activations="f32")
+        np.testing.assert_allclose(y, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max(), err_msg=fmt)
+    with pytest.raises(ValueError, match="unknown activations 'int4'.*'int8', 'int8x2' or 'f32'"):
+        le.PackedMatrix(data, fmt, k).matmul(x, activations="int4")
+
+
 def exact_weights(fmt: str, n: int, k: int, rng) -> np.ndarray:
     """Integer weights whose quantisation has scale exactly 1 in every block."""
     if fmt == "q8_0":

@@ -37,7 +37,15 @@ std::unique_ptr<PyPackedMatrix> PyPackedMatrix::from_panels(py::array panels, co
   return p;
 }
 
-py::array PyPackedMatrix::matmul(const py::array& x, bool precise) const {
+py::array PyPackedMatrix::matmul(const py::array& x, bool precise, const py::object& activations) const {
+  Activations act = precise ? Activations::Int8x2 : Activations::Int8;
+  if (!activations.is_none()) {
+    const std::string name = py::str(activations);
+    if (name == "int8") act = Activations::Int8;
+    else if (name == "int8x2") act = Activations::Int8x2;
+    else if (name == "f32") act = Activations::F32;
+    else throw py::value_error("unknown activations '" + name + "': choose 'int8', 'int8x2' or 'f32'");
+  }
   require_f32(x, "x", 1, 2);
   const int64_t k = mat->k(), n = mat->n();
   const int64_t xk = x.shape(x.ndim() - 1);
@@ -51,7 +59,7 @@ py::array PyPackedMatrix::matmul(const py::array& x, bool precise) const {
   float* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    mat->matmul(xp, m, yp, precise);
+    mat->matmul(xp, m, yp, act);
   }
   return std::move(y);
 }
@@ -64,8 +72,11 @@ void bind_packed_matrix(py::module_& m) {
            "data: uint8 [n, bytes_per_row] in the on-disk layout (borrowed, not copied; repacked into 16-row "
            "panels when the ISA's kernels want them). isa: 'scalar' | 'avx2' | 'avx512' | None (default).")
       .def("matmul", &PyPackedMatrix::matmul, py::arg("x"), py::arg("precise") = false,
+           py::arg("activations") = py::none(),
            "x: float32 [m, k] or [k] -> float32 [m, n] or [n]. Releases the GIL. precise: integer formats "
-           "also multiply the activations' int8 residual (~254x smaller activation error, ~2x integer work).")
+           "also multiply the activations' int8 residual (~254x smaller activation error, ~2x integer work). "
+           "activations: 'int8' | 'int8x2' | 'f32' (overrides precise; 'f32' multiplies x unquantised against "
+           "the weights dequantised tile by tile, the prompt path).")
       .def_property_readonly("n", [](const PyPackedMatrix& p) { return p.mat->n(); })
       .def_property_readonly("k", [](const PyPackedMatrix& p) { return p.mat->k(); })
       .def_property_readonly("fmt", [](const PyPackedMatrix& p) { return std::string(format_info(p.mat->format()).name); })

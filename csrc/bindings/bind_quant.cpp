@@ -95,7 +95,7 @@ void bind_quant(py::module_& m) {
      "Activation blocks (f32 d, i32 sum, 32 x i8) as the integer kernels see them; for tests.");
 
   m.def("matmul_ref", [](const py::array& x, const py::array& data, const std::string& fmt_name, int64_t k,
-                         bool precise) {
+                         bool precise, bool f32_activations) {
     const Format fmt = parse_format_or_throw(fmt_name);
     require_packed_rows(data, fmt, k);
     require_f32(x, "x", 2, 2);
@@ -108,7 +108,7 @@ void bind_quant(py::module_& m) {
                  static_cast<const float*>(x.data()), nullptr, y.mutable_data(), precise};
     {
       py::gil_scoped_release nogil;
-      if (format_info(fmt).integer_path) {
+      if (format_info(fmt).integer_path && !f32_activations) {
         xq.resize((size_t)(mm * (k / QK)));
         for (int64_t i = 0; i < mm; ++i) quantize_row_act_ref(a.x + i * k, xq.data() + i * (k / QK), k);
         a.xq = xq.data();
@@ -118,7 +118,9 @@ void bind_quant(py::module_& m) {
     }
     return y;
   }, py::arg("x"), py::arg("data"), py::arg("fmt"), py::arg("k"), py::arg("precise") = false,
-     "Single-threaded scalar reference of y = x · Wᵀ on the on-disk layout.");
+     py::arg("f32_activations") = false,
+     "Single-threaded scalar reference of y = x · Wᵀ on the on-disk layout. f32_activations: x "
+     "unquantised against the dequantised weights (the reference of matmul(activations='f32')).");
 
   m.def("attention_head", [](const py::array& q, const py::array& k, const py::array& v, const py::object& isa,
                              const std::string& cache) {

@@ -17,7 +17,7 @@ struct PyPackedMatrix {
   // the selected ISA reads panels.
   static std::unique_ptr<PyPackedMatrix> from_panels(py::array panels, const std::string& fmt_name, int64_t n,
                                                      int64_t k, const py::object& isa);
-  py::array matmul(const py::array& x, bool precise) const;
+  py::array matmul(const py::array& x, bool precise, const py::object& activations) const;
 
  private:
   PyPackedMatrix() = default;

@@ -82,7 +82,7 @@ std::string PackedMatrix::set_input_order(std::vector<int32_t> order) {
   return "";
 }
 
-void PackedMatrix::matmul(const float* x, int64_t m, float* y, bool precise) const {
+void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) const {
   thread_local std::vector<float> gathered;  // [m, k] inputs in stored column order
   if (!input_order_.empty()) {
     if (gathered.size() < (size_t)(m * k_)) gathered.resize((size_t)(m * k_));
@@ -90,19 +90,23 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, bool precise) con
       for (int64_t j = 0; j < k_; ++j) gathered[(size_t)(i * k_ + j)] = x[i * k_ + input_order_[(size_t)j]];
     x = gathered.data();
   }
-  MatmulArgs a{fmt_, panels_ ? panels_ : plain_, panels_ != nullptr, n_, k_, m, x, nullptr, y, precise};
+  MatmulArgs a{fmt_, panels_ ? panels_ : plain_, panels_ != nullptr, n_, k_, m, x, nullptr, y,
+               act == Activations::Int8x2};
+  const KernelTable* kt = kernels_;
+  const int64_t units = panels_ ? panel_count(n_) : n_;
+  if (!format_info(fmt_).integer_path || act == Activations::F32) {
+    auto run = format_info(fmt_).integer_path ? kt->matmul_f32 : kt->matmul;
+    global_pool()->parallel_for(units, [&](int64_t b, int64_t e) { run(a, b, e); });
+    return;
+  }
   // Activation blocks live in a per-thread scratch that only grows: no allocation per
   // token once the largest batch has been seen.
   thread_local std::vector<block_q8_act> scratch;
-  if (format_info(fmt_).integer_path) {
-    const size_t need = (size_t)(m * (k_ / QK));
-    if (scratch.size() < need) scratch.resize(need);
-    quantize_activations(*kernels_, x, m, k_, scratch.data());
-    a.xq = scratch.data();
-    a.x = nullptr;
-  }
-  const int64_t units = panels_ ? panel_count(n_) : n_;
-  const KernelTable* kt = kernels_;
+  const size_t need = (size_t)(m * (k_ / QK));
+  if (scratch.size() < need) scratch.resize(need);
+  quantize_activations(*kernels_, x, m, k_, scratch.data());
+  a.xq = scratch.data();
+  a.x = nullptr;
   global_pool()->parallel_for(units, [&](int64_t b, int64_t e) { kt->matmul(a, b, e); });
 }
 

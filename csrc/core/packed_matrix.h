@@ -10,6 +10,12 @@
 
 namespace linly {
 
+// How an integer-format matmul treats its activations (dense formats are f32 always):
+// Int8 / Int8x2 quantise them to blocks (formats.h: block_q8_act, without or with the
+// residual) for the integer kernels; F32 multiplies them unquantised against weights
+// dequantised tile by tile (KernelTable::matmul_f32), the path for prompts.
+enum class Activations { Int8, Int8x2, F32 };
+
 class PackedMatrix {
  public:
   enum class Layout { Rows, Panels };
@@ -21,9 +27,7 @@ class PackedMatrix {
                Layout layout = Layout::Rows);
 
   // x: [m, k] f32 row-major; y: [m, n] f32 row-major. Threads from the global pool.
-  // precise: integer formats also use the activation residual (formats.h); ignored by
-  // the dense formats, which multiply in f32 anyway.
-  void matmul(const float* x, int64_t m, float* y, bool precise = false) const;
+  void matmul(const float* x, int64_t m, float* y, Activations act = Activations::Int8) const;
   // Act-order checkpoints (GPTQ desc_act): stored column j multiplies input order[j],
   // so that each group of columns is contiguous. Returns an error message (empty: set)
   // unless `order` is a permutation of [0, k).

@@ -15,7 +15,7 @@ struct MatmulArgs {
   bool panels;
   int64_t n, k, m;
   const float* x;           // [m, k] f32 (dense formats)
-  const block_q8_act* xq;   // [m, k/32]  (integer formats)
+  const block_q8_act* xq;   // [m, k/32]  (integer formats; null in matmul_f32)
   float* y;                 // [m, n]
   bool precise = false;     // integer formats: also use the activation residual (formats.h)
 };
@@ -41,6 +41,12 @@ struct KernelTable {
   void (*attn_scores_q8)(const float* q, const block_q8_0* k, int64_t stride, int64_t len, int64_t hd, float scale,
                          float* scores);
   void (*attn_mix_q8)(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out);
+  // y = x · Wᵀ with x in f32 (args.xq null) against the dequantised weights, for any
+  // format; same units as matmul. Made for prompts: many rows share each dequantised tile.
+  void (*matmul_f32)(const MatmulArgs& args, int64_t begin, int64_t end);
+  // Whether matmul_f32 beats the integer kernels' int8x2 path on prompt-sized batches
+  // here (measured per ISA; benchmarks/NOTES.md).
+  bool f32_prompts;
 };
 
 const KernelTable& kernels_scalar();
@@ -58,6 +64,7 @@ void attn_mix_f16_avx2(const float* p, const uint16_t* v, int64_t stride, int64_
 void attn_scores_q8_avx2(const float* q, const block_q8_0* k, int64_t stride, int64_t len, int64_t hd, float scale,
                          float* scores);
 void attn_mix_q8_avx2(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out);
+void gemm_tiles_avx2(const MatmulArgs& args, int64_t begin, int64_t end);  // gemm_tiles_avx2.cpp
 #endif
 
 }  // namespace linly

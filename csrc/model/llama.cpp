@@ -139,8 +139,56 @@ void LlamaModel::forward(const int32_t* ids, int64_t n, bool all_logits, float* 
 
 void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits,
                                float* logits) {
-  int64_t n = 0;
-  for (int64_t s = 0; s < n_segs; ++s) n += segs[s].n;
+  // A sequence's numbers must not depend on what it is batched with, so the activation
+  // mode is the segment's own (activations_for its length), and the segments on the f32
+  // path go first so that each matrix is multiplied in at most two calls.
+  bool sorted = true;
+  for (int64_t s = 1; s < n_segs; ++s)
+    if (segment_is_f32(segs[s]) && !segment_is_f32(segs[s - 1])) sorted = false;
+  if (sorted) {
+    forward_grouped(ids, segs, n_segs, all_logits, logits);
+    return;
+  }
+  std::vector<int64_t> order, start(n_segs);
+  for (int64_t s = 0, t = 0; s < n_segs; t += segs[s].n, ++s) start[s] = t;
+  for (int pass = 0; pass < 2; ++pass)
+    for (int64_t s = 0; s < n_segs; ++s)
+      if (segment_is_f32(segs[s]) == (pass == 0)) order.push_back(s);
+  std::vector<int32_t> ids2;
+  std::vector<Segment> segs2;
+  for (int64_t s : order) {
+    ids2.insert(ids2.end(), ids + start[s], ids + start[s] + segs[s].n);
+    segs2.push_back(segs[s]);
+  }
+  const int64_t vocab = cfg_.vocab;
+  std::vector<float> out;
+  int64_t out_rows = 0;
+  for (int64_t s = 0; s < n_segs; ++s) out_rows += all_logits ? segs[s].n : 1;
+  out.resize((size_t)(out_rows * vocab));
+  forward_grouped(ids2.data(), segs2.data(), n_segs, all_logits, out.data());
+  // Back to the caller's segment order.
+  std::vector<int64_t> dst(n_segs);
+  for (int64_t s = 0, r = 0; s < n_segs; ++s) { dst[s] = r; r += all_logits ? segs[s].n : 1; }
+  int64_t r = 0;
+  for (int64_t s : order) {
+    const int64_t rows = all_logits ? segs[s].n : 1;
+    std::copy(out.begin() + r * vocab, out.begin() + (r + rows) * vocab, logits + dst[s] * vocab);
+    r += rows;
+  }
+}
+
+void LlamaModel::matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_f32, float* y) const {
+  if (n_f32 > 0) w.matmul(x, n_f32, y, Activations::F32);
+  if (n > n_f32) w.matmul(x + n_f32 * w.k(), n - n_f32, y + n_f32 * w.n(), precise_ ? Activations::Int8x2 : Activations::Int8);
+}
+
+void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits,
+                                 float* logits) {
+  int64_t n = 0, n_f32 = 0;  // rows in all; of them, leading rows on the f32 path
+  for (int64_t s = 0; s < n_segs; ++s) {
+    n += segs[s].n;
+    if (segment_is_f32(segs[s])) n_f32 += segs[s].n;
+  }
   grow(row_slot_, n); grow(row_pos_, n);
   for (int64_t s = 0, t = 0; s < n_segs; ++s)
     for (int64_t i = 0; i < segs[s].n; ++i, ++t) {
@@ -159,9 +207,9 @@ void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t 
     const LayerWeights& L = w_.layers[l];
     // --- attention block ---
     for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.attn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
-    L.wq->matmul(h_.data(), n, q_.data(), precise_);
-    L.wk->matmul(h_.data(), n, k_.data(), precise_);
-    L.wv->matmul(h_.data(), n, v_.data(), precise_);
+    matmul_rows(*L.wq, h_.data(), n, n_f32, q_.data());
+    matmul_rows(*L.wk, h_.data(), n, n_f32, k_.data());
+    matmul_rows(*L.wv, h_.data(), n, n_f32, v_.data());
     for (int64_t t = 0; t < n; ++t) {
       float* q = q_.data() + t * q_dim_;
       float* k = k_.data() + t * kv_dim_;
@@ -187,17 +235,17 @@ void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t 
       }
     }
     attention(l, n);
-    L.wo->matmul(att_.data(), n, o_.data(), precise_);
+    matmul_rows(*L.wo, att_.data(), n, n_f32, o_.data());
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
     // --- SwiGLU MLP block ---
     for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.ffn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
-    L.w_gate->matmul(h_.data(), n, gate_.data(), precise_);
-    L.w_up->matmul(h_.data(), n, up_.data(), precise_);
+    matmul_rows(*L.w_gate, h_.data(), n, n_f32, gate_.data());
+    matmul_rows(*L.w_up, h_.data(), n, n_f32, up_.data());
     for (int64_t i = 0; i < n * ffn; ++i) {
       const float g = gate_[i];
       gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
     }
-    L.w_down->matmul(gate_.data(), n, o_.data(), precise_);
+    matmul_rows(*L.w_down, gate_.data(), n, n_f32, o_.data());
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
   }
   for (int64_t s = 0; s < n_segs; ++s) pos_[segs[s].slot] += segs[s].n;
@@ -209,7 +257,9 @@ void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t 
     for (int64_t t = all_logits ? end - segs[s].n : end - 1; t < end; ++t, ++rows)
       rms_norm(x_.data() + t * dim, w_.final_norm, h_.data() + rows * dim, dim, cfg_.norm_eps);
   }
-  w_.output->matmul(h_.data(), rows, logits, precise_);
+  // A segment's head rows are all its rows (all_logits: same mode as its body) or its
+  // last one (never a prompt-sized batch, so never f32).
+  matmul_rows(*w_.output, h_.data(), rows, all_logits ? n_f32 : 0, logits);
 }
 
 }  // namespace linly

@@ -38,7 +38,9 @@ struct Segment {
 class LlamaModel {
  public:
   // Shapes must already be validated against cfg (the bindings do it, with messages).
-  // precise: every integer matmul also uses the activations' int8 residual (formats.h).
+  // precise: integer matmuls keep near-f32 accuracy: decode-sized steps use the
+  // activations' int8 residual (formats.h), prompt-sized ones f32 tiles where the ISA
+  // runs those faster (activations_for). Otherwise plain int8 activations, as llama.cpp.
   // kernels: the table the attention runs on (the matrices carry their own).
   // n_slots: independent sequences, each with its own KV cache of max_context tokens.
   LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise, const KernelTable& kernels,
@@ -64,6 +66,14 @@ class LlamaModel {
 
  private:
   void attention(int64_t layer, int64_t n);  // q_, cache -> att_
+  // Segments of at least this many rows count as prompts (measured crossover, NOTES.md).
+  static constexpr int64_t kF32PromptRows = 16;
+  static_assert(kF32PromptRows > 1, "a single head row must stay on the integer path (forward_grouped)");
+  bool segment_is_f32(const Segment& s) const { return precise_ && kt_->f32_prompts && s.n >= kF32PromptRows; }
+  // forward_batch with the f32-path segments first (their rows lead every matrix).
+  void forward_grouped(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits, float* logits);
+  // y = x · Wᵀ for n rows, the first n_f32 in f32, the rest with the model's integer activations.
+  void matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_f32, float* y) const;
   // Element offset of (slot, layer, position) in the K or V cache.
   size_t kv_offset(int64_t slot, int64_t layer, int64_t p) const {
     return (size_t)(((slot * cfg_.n_layers + layer) * cfg_.max_context + p) * kv_dim_);

@@ -4,6 +4,8 @@
 #include "quant/fp16.h"
 #include "quant/quantize.h"
 
+#include <vector>
+
 namespace linly {
 
 namespace {
@@ -100,6 +102,15 @@ uint64_t read_checksum_scalar(const uint8_t* p, int64_t bytes) {
 void matmul_ref(const MatmulArgs& a, int64_t n0, int64_t n1) {
   const int64_t rb = row_bytes(a.fmt, a.k);
   const int64_t nb = a.k / QK;
+  if (format_info(a.fmt).integer_path && !a.xq) {  // f32 activations: dequantise the row, multiply in double
+    std::vector<float> w((size_t)a.k);
+    for (int64_t n = n0; n < n1; ++n) {
+      dequantize_row(a.fmt, a.w + n * rb, w.data(), a.k);
+      for (int64_t m = 0; m < a.m; ++m) a.y[m * a.n + n] = (float)dot_row(Format::F32, (const uint8_t*)w.data(),
+                                                                          nullptr, a.x + m * a.k, a.k, false);
+    }
+    return;
+  }
   for (int64_t n = n0; n < n1; ++n) {
     for (int64_t m = 0; m < a.m; ++m) {
       a.y[m * a.n + n] = (float)dot_row(a.fmt, a.w + n * rb, a.xq ? a.xq + m * nb : nullptr,
@@ -111,7 +122,8 @@ void matmul_ref(const MatmulArgs& a, int64_t n0, int64_t n1) {
 const KernelTable& kernels_scalar() {
   static const KernelTable t{Isa::Scalar, "scalar", false, quantize_row_act_ref, matmul_scalar,
                              read_checksum_scalar, attn_scores_f32_ref, attn_scores_f16_ref, softmax_ref,
-                             attn_mix_f32_ref, attn_mix_f16_ref, attn_scores_q8_ref, attn_mix_q8_ref};
+                             attn_mix_f32_ref, attn_mix_f16_ref, attn_scores_q8_ref, attn_mix_q8_ref,
+                             matmul_scalar, false};
   return t;
 }
 

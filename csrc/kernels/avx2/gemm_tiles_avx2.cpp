@@ -1,0 +1,274 @@
+// Prompt GEMM in f32 (AVX2 + FMA + F16C): y[m, n] = Σ_k x[m, k] · W[n, k] with W
+// dequantised 16 rows × kKc columns at a time into a transposed tile
+// (tile[kk][r] = W[n0 + r, k0 + kk]) that stays in L1, and a 6 × 16 register-blocked
+// FMA micro-kernel over it.
+//
+// Why this exists: a prompt multiplies every weight by hundreds of activation rows, so
+// unpacking is paid once per tile and shared by all rows, and the arithmetic is then
+// plain f32 FMA. On AVX2 that is faster than the integer kernels' int8x2 path (which
+// does the integer work twice for its precision) and exact where int8x2 is not. Its
+// scalar twin is matmul_ref with f32 activations (matmul_ref.cpp: dequantise the row,
+// multiply in double).
+#include <immintrin.h>
+
+#include <vector>
+
+#include "kernels/kernel_table.h"
+#include "quant/fp16.h"
+#include "quant/matmul_ref.h"
+#include "quant/panel.h"
+
+namespace linly {
+namespace {
+
+constexpr int kKc = 256;  // tile columns: 256 × 16 floats = 16 KiB, half an L1d
+constexpr int kMr = 6;    // activation rows per micro-kernel call: 12 accumulators,
+                          // 2 tile vectors and 1 broadcast use 15 of the 16 ymm registers
+
+constexpr int group_of(Format f) {
+  return f == Format::Q4_G32 ? 32 : f == Format::Q4_G64 ? 64 : f == Format::Q4_G128 ? 128 : 0;
+}
+
+// Blocks [b0, b0 + nblk) of one panel (panel.h) → tile[(b - b0)·32 + j][16]. Each 32-bit
+// lane of a panel vector is one row's 4 code bytes, so a lane shift and mask yields one
+// element of 8 rows at once: no transposition needed. Values are formed as the scalar
+// dequantiser forms them (d · (q − 8), d · (q − z), d · q + m, d · q).
+template <Format F>
+void panel_to_tile(const uint8_t* panel, const PanelLayout& L, int64_t b0, int nblk, float* tile) {
+  constexpr int G = group_of(F);
+  constexpr int SUB = G ? G / QK : 1;
+  const __m256i low4 = _mm256_set1_epi32(0x0f);
+  for (int bi = 0; bi < nblk; ++bi) {
+    const int64_t b = b0 + bi, g = b / SUB;
+    float* t = tile + bi * QK * kPanelRows;
+    for (int h = 0; h < 2; ++h) {  // rows 8h .. 8h + 7
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.d_offset + g * 32 + h * 16)));
+      if (F == Format::Q8_0) {
+        const uint8_t* q = panel + b * 512;
+        for (int v = 0; v < 8; ++v) {
+          const __m256i raw = _mm256_load_si256((const __m256i*)(q + v * 64 + h * 32));
+          const __m256i e[4] = {_mm256_srai_epi32(_mm256_slli_epi32(raw, 24), 24),
+                                _mm256_srai_epi32(_mm256_slli_epi32(raw, 16), 24),
+                                _mm256_srai_epi32(_mm256_slli_epi32(raw, 8), 24), _mm256_srai_epi32(raw, 24)};
+          for (int i = 0; i < 4; ++i) _mm256_store_ps(t + (4 * v + i) * 16 + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(e[i])));
+        }
+        continue;
+      }
+      __m256i zero_point = _mm256_set1_epi32(8);
+      __m256 mn = _mm256_setzero_ps();
+      if (G) zero_point = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(panel + L.z_offset + g * 16 + h * 8)));
+      if (F == Format::Q4_1) mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.m_offset + g * 32 + h * 16)));
+      const uint8_t* q = panel + b * 256;
+      for (int v = 0; v < 4; ++v) {
+        const __m256i raw = _mm256_load_si256((const __m256i*)(q + v * 64 + h * 32));
+        for (int i = 0; i < 4; ++i) {
+          __m256i lo = _mm256_and_si256(_mm256_srli_epi32(raw, 8 * i), low4);
+          __m256i hi = _mm256_and_si256(_mm256_srli_epi32(raw, 8 * i + 4), low4);
+          __m256 flo, fhi;
+          if (F == Format::Q4_1) {
+            flo = _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(lo)), mn);
+            fhi = _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(hi)), mn);
+          } else {
+            flo = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(lo, zero_point)));
+            fhi = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(hi, zero_point)));
+          }
+          _mm256_store_ps(t + (4 * v + i) * 16 + 8 * h, flo);
+          _mm256_store_ps(t + (16 + 4 * v + i) * 16 + 8 * h, fhi);
+        }
+      }
+    }
+  }
+}
+
+// Rows [n0, n0 + rows) of a dense matrix, columns [k0, k0 + kc) → tile[kk][16], rows past
+// `rows` zero.
+template <Format F>
+void dense_to_tile(const uint8_t* w, int64_t k, int64_t n0, int rows, int64_t k0, int kc, float* tile) {
+  const int64_t rb = row_bytes(F, k);
+  for (int r = 0; r < kPanelRows; ++r) {
+    if (r >= rows) {
+      for (int kk = 0; kk < kc; ++kk) tile[kk * 16 + r] = 0.0f;
+      continue;
+    }
+    const uint8_t* row = w + (n0 + r) * rb;
+    int kk = 0;
+    alignas(32) float t8[8];
+    for (; kk + 8 <= kc; kk += 8) {
+      const int64_t i = k0 + kk;
+      if (F == Format::F16) _mm256_store_ps(t8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + i))));
+      else if (F == Format::BF16)
+        _mm256_store_ps(t8, _mm256_castsi256_ps(_mm256_slli_epi32(
+                                _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + i))), 16)));
+      else _mm256_store_ps(t8, _mm256_loadu_ps((const float*)row + i));
+      for (int j = 0; j < 8; ++j) tile[(kk + j) * 16 + r] = t8[j];
+    }
+    for (; kk < kc; ++kk) {
+      const int64_t i = k0 + kk;
+      tile[kk * 16 + r] = F == Format::F16    ? fp16_to_fp32(((const uint16_t*)row)[i])
+                          : F == Format::BF16 ? bf16_to_fp32(((const uint16_t*)row)[i])
+                                              : ((const float*)row)[i];
+    }
+  }
+}
+
+// y[MR][cols] (+)= xp[kc][kMr] · tile[kc][16], xp the packed activations. The hot loop
+// of prompt processing: per column of the tile, two tile loads feed 2·MR FMAs.
+template <int MR>
+void micro(const float* xp, const float* tile, int kc, float* y, int64_t ldy, int cols, bool accumulate) {
+  // Every loop over r is unrolled so that c[][] lives in registers: one rolled loop in
+  // the epilogue made GCC keep c on the stack and store all 12 vectors every iteration.
+  __m256 c[MR][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) c[r][0] = c[r][1] = _mm256_setzero_ps();
+  for (int kk = 0; kk < kc; ++kk) {
+    const __m256 b0 = _mm256_load_ps(tile + kk * 16), b1 = _mm256_load_ps(tile + kk * 16 + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m256 a = _mm256_broadcast_ss(xp + kk * kMr + r);
+      c[r][0] = _mm256_fmadd_ps(a, b0, c[r][0]);
+      c[r][1] = _mm256_fmadd_ps(a, b1, c[r][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    float* yr = y + r * ldy;
+    if (cols == 16) {
+      if (accumulate) {
+        c[r][0] = _mm256_add_ps(c[r][0], _mm256_loadu_ps(yr));
+        c[r][1] = _mm256_add_ps(c[r][1], _mm256_loadu_ps(yr + 8));
+      }
+      _mm256_storeu_ps(yr, c[r][0]);
+      _mm256_storeu_ps(yr + 8, c[r][1]);
+    } else {
+      alignas(32) float t[16];
+      _mm256_store_ps(t, c[r][0]);
+      _mm256_store_ps(t + 8, c[r][1]);
+      for (int j = 0; j < cols; ++j) yr[j] = accumulate ? yr[j] + t[j] : t[j];
+    }
+  }
+}
+
+void micro_rows(int mr, const float* xp, const float* tile, int kc, float* y, int64_t ldy, int cols, bool accumulate) {
+  switch (mr) {
+    case 6: micro<6>(xp, tile, kc, y, ldy, cols, accumulate); break;
+    case 5: micro<5>(xp, tile, kc, y, ldy, cols, accumulate); break;
+    case 4: micro<4>(xp, tile, kc, y, ldy, cols, accumulate); break;
+    case 3: micro<3>(xp, tile, kc, y, ldy, cols, accumulate); break;
+    case 2: micro<2>(xp, tile, kc, y, ldy, cols, accumulate); break;
+    default: micro<1>(xp, tile, kc, y, ldy, cols, accumulate); break;
+  }
+}
+
+// x[:, k0 : k0 + kc] → xp[m / kMr][kc][kMr]. Unpacked, the kMr rows a micro-kernel reads
+// lie k·4 bytes apart, and for k a multiple of 1024 they all fall in one L1 set and
+// evict each other (measured: 27 GFLOP/s unpacked against ~70 packed).
+void pack_x(const float* x, int64_t m, int64_t k, int64_t k0, int kc, float* xp) {
+  for (int64_t m0 = 0; m0 < m; m0 += kMr) {
+    float* dst = xp + (m0 / kMr) * kc * kMr;
+    for (int r = 0; r < kMr; ++r) {
+      if (m0 + r >= m) {
+        for (int kk = 0; kk < kc; ++kk) dst[kk * kMr + r] = 0.0f;
+        continue;
+      }
+      const float* src = x + (m0 + r) * k + k0;
+      for (int kk = 0; kk < kc; ++kk) dst[kk * kMr + r] = src[kk];
+    }
+  }
+}
+
+void fill_tile(const MatmulArgs& a, const PanelLayout& L, int64_t unit, int64_t k0, int kc, float* tile) {
+  if (a.panels) {
+    const uint8_t* panel = a.w + unit * L.panel_bytes;
+    const int64_t b0 = k0 / QK;
+    const int nblk = kc / QK;
+    switch (a.fmt) {
+      case Format::Q4_0: panel_to_tile<Format::Q4_0>(panel, L, b0, nblk, tile); break;
+      case Format::Q4_1: panel_to_tile<Format::Q4_1>(panel, L, b0, nblk, tile); break;
+      case Format::Q8_0: panel_to_tile<Format::Q8_0>(panel, L, b0, nblk, tile); break;
+      case Format::Q4_G32: panel_to_tile<Format::Q4_G32>(panel, L, b0, nblk, tile); break;
+      case Format::Q4_G64: panel_to_tile<Format::Q4_G64>(panel, L, b0, nblk, tile); break;
+      case Format::Q4_G128: panel_to_tile<Format::Q4_G128>(panel, L, b0, nblk, tile); break;
+      default: break;
+    }
+    return;
+  }
+  const int64_t n0 = unit * kPanelRows;
+  const int rows = (int)(a.n - n0 < kPanelRows ? a.n - n0 : kPanelRows);
+  switch (a.fmt) {
+    case Format::F16: dense_to_tile<Format::F16>(a.w, a.k, n0, rows, k0, kc, tile); break;
+    case Format::BF16: dense_to_tile<Format::BF16>(a.w, a.k, n0, rows, k0, kc, tile); break;
+    default: dense_to_tile<Format::F32>(a.w, a.k, n0, rows, k0, kc, tile); break;
+  }
+}
+
+// Asks for the bytes the next tile will be made from while this one is being multiplied
+// (tens of thousands of cycles): the fill otherwise waits on DRAM, since 16 short row
+// pieces or one panel slice are too little for the hardware prefetcher to lock on to
+// (perf: a quarter of f16 prompt time stalled in the fill without this).
+void prefetch_tile_source(const MatmulArgs& a, const PanelLayout& L, int64_t r0, int64_t r1, int64_t k0, int kc) {
+  if (r0 >= r1) return;
+  if (a.panels) {
+    const uint8_t* panel = a.w + (r0 / kPanelRows) * L.panel_bytes;
+    const int64_t per_block = L.qs_bytes / (a.k / QK);
+    const uint8_t* q = panel + (k0 / QK) * per_block;
+    for (int64_t o = 0; o < (kc / QK) * per_block; o += 64) _mm_prefetch((const char*)(q + o), _MM_HINT_T0);
+    return;
+  }
+  const int64_t rb = row_bytes(a.fmt, a.k), eb = rb / a.k;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = a.w + r * rb + k0 * eb;
+    for (int64_t o = 0; o < kc * eb; o += 64) _mm_prefetch((const char*)(row + o), _MM_HINT_T0);
+  }
+}
+
+}  // namespace
+
+void gemm_tiles_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
+  if (format_info(a.fmt).integer_path && !a.panels) { matmul_ref(a, begin, end); return; }  // no tile reader for rows
+  // Units of 16 output rows: panels when a.panels, else [begin, end) are rows and are
+  // cut into 16-row tiles here (the pool's chunks need not be multiples of 16).
+  const PanelLayout L = a.panels ? panel_layout(a.fmt, a.k) : PanelLayout{};
+  alignas(64) float tile[kKc * kPanelRows];
+  thread_local std::vector<float> packed;  // [ceil(m / kMr)][kKc][kMr], grown only
+  const size_t need = (size_t)((a.m + kMr - 1) / kMr * kMr * kKc);
+  if (packed.size() < need) packed.resize(need);
+  // K outer: x[:, k0 : k0 + kc] (m × 1 KiB) stays in L2 while every tile of this thread
+  // passes under it; y is revisited once per K chunk.
+  for (int64_t k0 = 0; k0 < a.k; k0 += kKc) {
+    const int kc = (int)(a.k - k0 < kKc ? a.k - k0 : kKc);
+    pack_x(a.x, a.m, a.k, k0, kc, packed.data());
+    const int64_t u0 = a.panels ? begin : begin / kPanelRows, u1 = a.panels ? end : (end + kPanelRows - 1) / kPanelRows;
+    // This thread's tiles as row ranges: panels are 16 rows each; dense rows are cut into
+    // 16-row tiles clipped to [begin, end) (the pool's chunks need not be multiples of 16).
+    auto tile_rows = [&](int64_t u, int64_t* r0, int64_t* r1) {
+      *r0 = u * kPanelRows;
+      *r1 = *r0 + kPanelRows < a.n ? *r0 + kPanelRows : a.n;
+      if (!a.panels) {
+        if (*r0 < begin) *r0 = begin;
+        if (*r1 > end) *r1 = end;
+      }
+    };
+    for (int64_t u = u0; u < u1; ++u) {
+      int64_t r0, r1, n0, n1;
+      tile_rows(u, &r0, &r1);
+      if (r0 >= r1) continue;
+      if (u + 1 < u1) {
+        tile_rows(u + 1, &n0, &n1);
+        prefetch_tile_source(a, L, n0, n1, k0, kc);
+      }
+      MatmulArgs sub = a;
+      if (!a.panels) {  // a tile starting at r0 (not necessarily a multiple of 16)
+        sub.w = a.w + r0 * row_bytes(a.fmt, a.k);
+        sub.n = r1 - r0;
+      }
+      fill_tile(sub, L, a.panels ? u : 0, k0, kc, tile);
+      const int cols = (int)(r1 - r0);
+      for (int64_t m = 0; m < a.m; m += kMr) {
+        const int mr = (int)(a.m - m < kMr ? a.m - m : kMr);
+        micro_rows(mr, packed.data() + (m / kMr) * kc * kMr, tile, kc, a.y + m * a.n + r0, a.n, cols, k0 > 0);
+      }
+    }
+  }
+}
+
+}  // namespace linly
