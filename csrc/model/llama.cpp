@@ -104,13 +104,15 @@ void LlamaModel::attention(int64_t layer, int64_t n) {
   const int64_t hd = cfg_.head_dim, H = cfg_.n_heads, group = cfg_.n_heads / cfg_.n_kv_heads;
   const float scale = 1.0f / std::sqrt((float)hd);
   // One (row, head) pair per work item; each reads its own sequence's cache up to its
-  // own position.
+  // own position. Items run head-major so that each thread's contiguous chunk holds
+  // every row: row-major chunks gave one thread a prompt's short early rows and the
+  // other its long late ones (causal work grows with the row).
   const KernelTable& kt = *kt_;
   global_pool()->parallel_for(n * H, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> scores;
     grow(scores, (size_t)cfg_.max_context);
     for (int64_t item = b; item < e; ++item) {
-      const int64_t t = item / H, h = item % H, kvh = h / group;
+      const int64_t t = item % n, h = item / n, kvh = h / group;
       const int64_t len = row_pos_[t] + 1;  // causal: positions 0..row_pos
       const float* q = q_.data() + t * q_dim_ + h * hd;
       float* out = att_.data() + t * q_dim_ + h * hd;

@@ -22,6 +22,7 @@ namespace linly {
 namespace {
 
 constexpr int kKc = 256;  // tile columns: 256 × 16 floats = 16 KiB, half an L1d
+constexpr int kGroup = 16;  // tiles sharing a pass over K (see gemm_tiles_avx2)
 constexpr int kMr = 6;    // activation rows per micro-kernel call: 12 accumulators,
                           // 2 tile vectors and 1 broadcast use 15 of the 16 ymm registers
 
@@ -159,19 +160,20 @@ void micro_rows(int mr, const float* xp, const float* tile, int kc, float* y, in
   }
 }
 
-// x[:, k0 : k0 + kc] → xp[m / kMr][kc][kMr]. Unpacked, the kMr rows a micro-kernel reads
-// lie k·4 bytes apart, and for k a multiple of 1024 they all fall in one L1 set and
-// evict each other (measured: 27 GFLOP/s unpacked against ~70 packed).
-void pack_x(const float* x, int64_t m, int64_t k, int64_t k0, int kc, float* xp) {
+// x [m, k] → xp[m / kMr][k][kMr], rows past m zero; the slice of a K chunk starting at
+// k0 is then xp + (block · k + k0) · kMr, contiguous. Unpacked, the kMr rows a
+// micro-kernel reads lie k·4 bytes apart, and for k a multiple of 1024 they all fall in
+// one L1 set and evict each other (measured: 27 GFLOP/s unpacked against ~70 packed).
+void pack_x(const float* x, int64_t m, int64_t k, float* xp) {
   for (int64_t m0 = 0; m0 < m; m0 += kMr) {
-    float* dst = xp + (m0 / kMr) * kc * kMr;
+    float* dst = xp + (m0 / kMr) * k * kMr;
     for (int r = 0; r < kMr; ++r) {
       if (m0 + r >= m) {
-        for (int kk = 0; kk < kc; ++kk) dst[kk * kMr + r] = 0.0f;
+        for (int64_t kk = 0; kk < k; ++kk) dst[kk * kMr + r] = 0.0f;
         continue;
       }
-      const float* src = x + (m0 + r) * k + k0;
-      for (int kk = 0; kk < kc; ++kk) dst[kk * kMr + r] = src[kk];
+      const float* src = x + (m0 + r) * k;
+      for (int64_t kk = 0; kk < k; ++kk) dst[kk * kMr + r] = src[kk];
     }
   }
 }
@@ -229,43 +231,51 @@ void gemm_tiles_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
   // cut into 16-row tiles here (the pool's chunks need not be multiples of 16).
   const PanelLayout L = a.panels ? panel_layout(a.fmt, a.k) : PanelLayout{};
   alignas(64) float tile[kKc * kPanelRows];
-  thread_local std::vector<float> packed;  // [ceil(m / kMr)][kKc][kMr], grown only
-  const size_t need = (size_t)((a.m + kMr - 1) / kMr * kMr * kKc);
+  thread_local std::vector<float> packed;  // [ceil(m / kMr)][k][kMr], grown only
+  const size_t need = (size_t)((a.m + kMr - 1) / kMr * kMr * a.k);
   if (packed.size() < need) packed.resize(need);
-  // K outer: x[:, k0 : k0 + kc] (m × 1 KiB) stays in L2 while every tile of this thread
-  // passes under it; y is revisited once per K chunk.
-  for (int64_t k0 = 0; k0 < a.k; k0 += kKc) {
-    const int kc = (int)(a.k - k0 < kKc ? a.k - k0 : kKc);
-    pack_x(a.x, a.m, a.k, k0, kc, packed.data());
-    const int64_t u0 = a.panels ? begin : begin / kPanelRows, u1 = a.panels ? end : (end + kPanelRows - 1) / kPanelRows;
-    // This thread's tiles as row ranges: panels are 16 rows each; dense rows are cut into
-    // 16-row tiles clipped to [begin, end) (the pool's chunks need not be multiples of 16).
-    auto tile_rows = [&](int64_t u, int64_t* r0, int64_t* r1) {
-      *r0 = u * kPanelRows;
-      *r1 = *r0 + kPanelRows < a.n ? *r0 + kPanelRows : a.n;
-      if (!a.panels) {
-        if (*r0 < begin) *r0 = begin;
-        if (*r1 > end) *r1 = end;
-      }
-    };
-    for (int64_t u = u0; u < u1; ++u) {
-      int64_t r0, r1, n0, n1;
-      tile_rows(u, &r0, &r1);
-      if (r0 >= r1) continue;
-      if (u + 1 < u1) {
-        tile_rows(u + 1, &n0, &n1);
-        prefetch_tile_source(a, L, n0, n1, k0, kc);
-      }
-      MatmulArgs sub = a;
-      if (!a.panels) {  // a tile starting at r0 (not necessarily a multiple of 16)
-        sub.w = a.w + r0 * row_bytes(a.fmt, a.k);
-        sub.n = r1 - r0;
-      }
-      fill_tile(sub, L, a.panels ? u : 0, k0, kc, tile);
-      const int cols = (int)(r1 - r0);
-      for (int64_t m = 0; m < a.m; m += kMr) {
-        const int mr = (int)(a.m - m < kMr ? a.m - m : kMr);
-        micro_rows(mr, packed.data() + (m / kMr) * kc * kMr, tile, kc, a.y + m * a.n + r0, a.n, cols, k0 > 0);
+  pack_x(a.x, a.m, a.k, packed.data());
+  const int64_t u0 = a.panels ? begin : begin / kPanelRows, u1 = a.panels ? end : (end + kPanelRows - 1) / kPanelRows;
+  // This thread's tiles as row ranges: panels are 16 rows each; dense rows are cut into
+  // 16-row tiles clipped to [begin, end) (the pool's chunks need not be multiples of 16).
+  auto tile_rows = [&](int64_t u, int64_t* r0, int64_t* r1) {
+    *r0 = u * kPanelRows;
+    *r1 = *r0 + kPanelRows < a.n ? *r0 + kPanelRows : a.n;
+    if (!a.panels) {
+      if (*r0 < begin) *r0 = begin;
+      if (*r1 > end) *r1 = end;
+    }
+  };
+  // Groups of kGroup tiles, K chunks inside a group: y[:, group] (m × 256 floats, 128 KiB
+  // at m = 128) stays in L2 across the chunks it accumulates over, and x's chunk is read
+  // once per group. (K outside all tiles re-read y from L3 every chunk: 7 % of prompt time
+  // in perf.)
+  for (int64_t g0 = u0; g0 < u1; g0 += kGroup) {
+    const int64_t g1 = g0 + kGroup < u1 ? g0 + kGroup : u1;
+    for (int64_t k0 = 0; k0 < a.k; k0 += kKc) {
+      const int kc = (int)(a.k - k0 < kKc ? a.k - k0 : kKc);
+      for (int64_t u = g0; u < g1; ++u) {
+        int64_t r0, r1, n0, n1;
+        tile_rows(u, &r0, &r1);
+        if (r0 >= r1) continue;
+        // The next tile in this order: the group's next, or its first at the next chunk.
+        const int64_t nu = u + 1 < g1 ? u + 1 : g0, nk = u + 1 < g1 ? k0 : k0 + kKc;
+        if (nk < a.k) {
+          tile_rows(nu, &n0, &n1);
+          prefetch_tile_source(a, L, n0, n1, nk, (int)(a.k - nk < kKc ? a.k - nk : kKc));
+        }
+        MatmulArgs sub = a;
+        if (!a.panels) {  // a tile starting at r0 (not necessarily a multiple of 16)
+          sub.w = a.w + r0 * row_bytes(a.fmt, a.k);
+          sub.n = r1 - r0;
+        }
+        fill_tile(sub, L, a.panels ? u : 0, k0, kc, tile);
+        const int cols = (int)(r1 - r0);
+        for (int64_t m = 0; m < a.m; m += kMr) {
+          const int mr = (int)(a.m - m < kMr ? a.m - m : kMr);
+          micro_rows(mr, packed.data() + ((m / kMr) * a.k + k0) * kMr, tile, kc, a.y + m * a.n + r0, a.n, cols,
+                     k0 > 0);
+        }
       }
     }
   }
