@@ -140,7 +140,9 @@ class Model:
         quant: converts the matrices (``q4_0``, ``q8_0``, ``f16`` …) in memory; None keeps
         the source's formats. activations: how integer matmuls see the activations,
         ``int8x2`` (int8 plus an int8 residual: ~254× smaller activation error, the
-        default) or ``int8`` (faster, the precision llama.cpp uses). kv_cache: ``f16``
+        default; on AVX2, prompt segments of 16 tokens or more are multiplied in f32
+        against dequantised weight tiles instead, which is exact and faster) or
+        ``int8`` (faster, the precision llama.cpp uses). kv_cache: ``f16``
         (default, as llama.cpp: half the memory traffic at long contexts), ``f32``, or
         ``q8_0`` (int8 with an f16 scale per 32 values: 47 % less than f16; needs
         head_dim % 32 == 0).
