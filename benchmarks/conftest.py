@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# numpy's OpenBLAS starts one spinning worker per core and keeps them busy for a while
+# after import (6 % of samples in one 2-core profile here): on a 2-core machine that is
+# CPU taken from the engine being measured. Nothing benchmarked here uses numpy's BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 ROWS: list[dict] = []
 
 
