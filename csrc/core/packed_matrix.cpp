@@ -94,7 +94,7 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) 
                act == Activations::Int8x2};
   const KernelTable* kt = kernels_;
   const int64_t units = panels_ ? panel_count(n_) : n_;
-  if (!format_info(fmt_).integer_path || act == Activations::F32) {
+  if (!format_info(fmt_).integer_path || act == Activations::F32) {  // dense formats multiply in f32 anyway
     auto run = format_info(fmt_).integer_path ? kt->matmul_f32 : kt->matmul;
     global_pool()->parallel_for(units, [&](int64_t b, int64_t e) { run(a, b, e); });
     return;

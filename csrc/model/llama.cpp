@@ -142,7 +142,7 @@ void LlamaModel::forward(const int32_t* ids, int64_t n, bool all_logits, float* 
 void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits,
                                float* logits) {
   // A sequence's numbers must not depend on what it is batched with, so the activation
-  // mode is the segment's own (activations_for its length), and the segments on the f32
+  // mode is the segment's own (segment_is_f32: by its length), and the segments on the f32
   // path go first so that each matrix is multiplied in at most two calls.
   bool sorted = true;
   for (int64_t s = 1; s < n_segs; ++s)
@@ -163,15 +163,12 @@ void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t 
     segs2.push_back(segs[s]);
   }
   const int64_t vocab = cfg_.vocab;
-  std::vector<float> out;
+  std::vector<int64_t> dst(n_segs);  // first logits row of each segment, in the caller's order
   int64_t out_rows = 0;
-  for (int64_t s = 0; s < n_segs; ++s) out_rows += all_logits ? segs[s].n : 1;
-  out.resize((size_t)(out_rows * vocab));
+  for (int64_t s = 0; s < n_segs; ++s) { dst[s] = out_rows; out_rows += all_logits ? segs[s].n : 1; }
+  std::vector<float> out((size_t)(out_rows * vocab));
   forward_grouped(ids2.data(), segs2.data(), n_segs, all_logits, out.data());
-  // Back to the caller's segment order.
-  std::vector<int64_t> dst(n_segs);
-  for (int64_t s = 0, r = 0; s < n_segs; ++s) { dst[s] = r; r += all_logits ? segs[s].n : 1; }
-  int64_t r = 0;
+  int64_t r = 0;  // back to the caller's segment order
   for (int64_t s : order) {
     const int64_t rows = all_logits ? segs[s].n : 1;
     std::copy(out.begin() + r * vocab, out.begin() + (r + rows) * vocab, logits + dst[s] * vocab);

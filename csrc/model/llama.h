@@ -39,8 +39,8 @@ class LlamaModel {
  public:
   // Shapes must already be validated against cfg (the bindings do it, with messages).
   // precise: integer matmuls keep near-f32 accuracy: decode-sized steps use the
-  // activations' int8 residual (formats.h), prompt-sized ones f32 tiles where the ISA
-  // runs those faster (activations_for). Otherwise plain int8 activations, as llama.cpp.
+  // activations' int8 residual (formats.h), prompt-sized segments f32 tiles where the ISA
+  // runs those faster (segment_is_f32). Otherwise plain int8 activations, as llama.cpp.
   // kernels: the table the attention runs on (the matrices carry their own).
   // n_slots: independent sequences, each with its own KV cache of max_context tokens.
   LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise, const KernelTable& kernels,
@@ -66,7 +66,8 @@ class LlamaModel {
 
  private:
   void attention(int64_t layer, int64_t n);  // q_, cache -> att_
-  // Segments of at least this many rows count as prompts (measured crossover, NOTES.md).
+  // Segments of at least this many rows count as prompts. Chosen, not tuned: well above
+  // the batched decode steps (one row per sequence), well below a prompt chunk.
   static constexpr int64_t kF32PromptRows = 16;
   static_assert(kF32PromptRows > 1, "a single head row must stay on the integer path (forward_grouped)");
   bool segment_is_f32(const Segment& s) const { return precise_ && kt_->f32_prompts && s.n >= kF32PromptRows; }

@@ -61,7 +61,9 @@ static inline int64_t row_bytes(Format f, int64_t k) {
   return k / fi.block_elems * fi.block_bytes;
 }
 
-static inline int q4_group_size(Format f) {
+// constexpr so the ISA kernels can use it as a template constant; static (internal
+// linkage) so no copy compiled with AVX flags can be shared with other units.
+static constexpr int q4_group_size(Format f) {
   return f == Format::Q4_G32 ? 32 : f == Format::Q4_G64 ? 64 : f == Format::Q4_G128 ? 128 : 0;
 }
 

@@ -1,5 +1,5 @@
-// Prompt GEMM in f32 (AVX2 + FMA + F16C): y[m, n] = Σ_k x[m, k] · W[n, k] with W
-// dequantised 16 rows × kKc columns at a time into a transposed tile
+// Prompt GEMM in f32 (AVX2 + FMA + F16C): y[m, n] = Σ_k x[m, k] · W[n, k] with W (an
+// integer format in 16-row panels) dequantised 16 rows × kKc columns at a time into a transposed tile
 // (tile[kk][r] = W[n0 + r, k0 + kk]) that stays in L1, and a 6 × 16 register-blocked
 // FMA micro-kernel over it.
 //
@@ -26,17 +26,13 @@ constexpr int kGroup = 16;  // tiles sharing a pass over K (see gemm_tiles_avx2)
 constexpr int kMr = 6;    // activation rows per micro-kernel call: 12 accumulators,
                           // 2 tile vectors and 1 broadcast use 15 of the 16 ymm registers
 
-constexpr int group_of(Format f) {
-  return f == Format::Q4_G32 ? 32 : f == Format::Q4_G64 ? 64 : f == Format::Q4_G128 ? 128 : 0;
-}
-
 // Blocks [b0, b0 + nblk) of one panel (panel.h) → tile[(b - b0)·32 + j][16]. Each 32-bit
 // lane of a panel vector is one row's 4 code bytes, so a lane shift and mask yields one
 // element of 8 rows at once: no transposition needed. Values are formed as the scalar
 // dequantiser forms them (d · (q − 8), d · (q − z), d · q + m, d · q).
 template <Format F>
 void panel_to_tile(const uint8_t* panel, const PanelLayout& L, int64_t b0, int nblk, float* tile) {
-  constexpr int G = group_of(F);
+  constexpr int G = q4_group_size(F);
   constexpr int SUB = G ? G / QK : 1;
   const __m256i low4 = _mm256_set1_epi32(0x0f);
   for (int bi = 0; bi < nblk; ++bi) {
@@ -77,37 +73,6 @@ void panel_to_tile(const uint8_t* panel, const PanelLayout& L, int64_t b0, int n
           _mm256_store_ps(t + (16 + 4 * v + i) * 16 + 8 * h, fhi);
         }
       }
-    }
-  }
-}
-
-// Rows [n0, n0 + rows) of a dense matrix, columns [k0, k0 + kc) → tile[kk][16], rows past
-// `rows` zero.
-template <Format F>
-void dense_to_tile(const uint8_t* w, int64_t k, int64_t n0, int rows, int64_t k0, int kc, float* tile) {
-  const int64_t rb = row_bytes(F, k);
-  for (int r = 0; r < kPanelRows; ++r) {
-    if (r >= rows) {
-      for (int kk = 0; kk < kc; ++kk) tile[kk * 16 + r] = 0.0f;
-      continue;
-    }
-    const uint8_t* row = w + (n0 + r) * rb;
-    int kk = 0;
-    alignas(32) float t8[8];
-    for (; kk + 8 <= kc; kk += 8) {
-      const int64_t i = k0 + kk;
-      if (F == Format::F16) _mm256_store_ps(t8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + i))));
-      else if (F == Format::BF16)
-        _mm256_store_ps(t8, _mm256_castsi256_ps(_mm256_slli_epi32(
-                                _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + i))), 16)));
-      else _mm256_store_ps(t8, _mm256_loadu_ps((const float*)row + i));
-      for (int j = 0; j < 8; ++j) tile[(kk + j) * 16 + r] = t8[j];
-    }
-    for (; kk < kc; ++kk) {
-      const int64_t i = k0 + kk;
-      tile[kk * 16 + r] = F == Format::F16    ? fp16_to_fp32(((const uint16_t*)row)[i])
-                          : F == Format::BF16 ? bf16_to_fp32(((const uint16_t*)row)[i])
-                                              : ((const float*)row)[i];
     }
   }
 }
@@ -178,99 +143,57 @@ void pack_x(const float* x, int64_t m, int64_t k, float* xp) {
   }
 }
 
-void fill_tile(const MatmulArgs& a, const PanelLayout& L, int64_t unit, int64_t k0, int kc, float* tile) {
-  if (a.panels) {
-    const uint8_t* panel = a.w + unit * L.panel_bytes;
-    const int64_t b0 = k0 / QK;
-    const int nblk = kc / QK;
-    switch (a.fmt) {
-      case Format::Q4_0: panel_to_tile<Format::Q4_0>(panel, L, b0, nblk, tile); break;
-      case Format::Q4_1: panel_to_tile<Format::Q4_1>(panel, L, b0, nblk, tile); break;
-      case Format::Q8_0: panel_to_tile<Format::Q8_0>(panel, L, b0, nblk, tile); break;
-      case Format::Q4_G32: panel_to_tile<Format::Q4_G32>(panel, L, b0, nblk, tile); break;
-      case Format::Q4_G64: panel_to_tile<Format::Q4_G64>(panel, L, b0, nblk, tile); break;
-      case Format::Q4_G128: panel_to_tile<Format::Q4_G128>(panel, L, b0, nblk, tile); break;
-      default: break;
-    }
-    return;
-  }
-  const int64_t n0 = unit * kPanelRows;
-  const int rows = (int)(a.n - n0 < kPanelRows ? a.n - n0 : kPanelRows);
+void fill_tile(const MatmulArgs& a, const PanelLayout& L, int64_t panel_index, int64_t k0, int kc, float* tile) {
+  const uint8_t* panel = a.w + panel_index * L.panel_bytes;
+  const int64_t b0 = k0 / QK;
+  const int nblk = kc / QK;
   switch (a.fmt) {
-    case Format::F16: dense_to_tile<Format::F16>(a.w, a.k, n0, rows, k0, kc, tile); break;
-    case Format::BF16: dense_to_tile<Format::BF16>(a.w, a.k, n0, rows, k0, kc, tile); break;
-    default: dense_to_tile<Format::F32>(a.w, a.k, n0, rows, k0, kc, tile); break;
+    case Format::Q4_0: panel_to_tile<Format::Q4_0>(panel, L, b0, nblk, tile); break;
+    case Format::Q4_1: panel_to_tile<Format::Q4_1>(panel, L, b0, nblk, tile); break;
+    case Format::Q8_0: panel_to_tile<Format::Q8_0>(panel, L, b0, nblk, tile); break;
+    case Format::Q4_G32: panel_to_tile<Format::Q4_G32>(panel, L, b0, nblk, tile); break;
+    case Format::Q4_G64: panel_to_tile<Format::Q4_G64>(panel, L, b0, nblk, tile); break;
+    case Format::Q4_G128: panel_to_tile<Format::Q4_G128>(panel, L, b0, nblk, tile); break;
+    default: break;
   }
 }
 
 // Asks for the bytes the next tile will be made from while this one is being multiplied
-// (tens of thousands of cycles): the fill otherwise waits on DRAM, since 16 short row
-// pieces or one panel slice are too little for the hardware prefetcher to lock on to
-// (perf: a quarter of f16 prompt time stalled in the fill without this).
-void prefetch_tile_source(const MatmulArgs& a, const PanelLayout& L, int64_t r0, int64_t r1, int64_t k0, int kc) {
-  if (r0 >= r1) return;
-  if (a.panels) {
-    const uint8_t* panel = a.w + (r0 / kPanelRows) * L.panel_bytes;
-    const int64_t per_block = L.qs_bytes / (a.k / QK);
-    const uint8_t* q = panel + (k0 / QK) * per_block;
-    for (int64_t o = 0; o < (kc / QK) * per_block; o += 64) _mm_prefetch((const char*)(q + o), _MM_HINT_T0);
-    return;
-  }
-  const int64_t rb = row_bytes(a.fmt, a.k), eb = rb / a.k;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = a.w + r * rb + k0 * eb;
-    for (int64_t o = 0; o < kc * eb; o += 64) _mm_prefetch((const char*)(row + o), _MM_HINT_T0);
-  }
+// (tens of thousands of cycles): the fill otherwise waits on DRAM, since one panel slice
+// is too little for the hardware prefetcher to lock on to.
+void prefetch_tile_source(const MatmulArgs& a, const PanelLayout& L, int64_t panel_index, int64_t k0, int kc) {
+  const int64_t per_block = L.qs_bytes / (a.k / QK);
+  const uint8_t* q = a.w + panel_index * L.panel_bytes + (k0 / QK) * per_block;
+  for (int64_t o = 0; o < (kc / QK) * per_block; o += 64) _mm_prefetch((const char*)(q + o), _MM_HINT_T0);
 }
 
 }  // namespace
 
 void gemm_tiles_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
-  if (format_info(a.fmt).integer_path && !a.panels) { matmul_ref(a, begin, end); return; }  // no tile reader for rows
-  // Units of 16 output rows: panels when a.panels, else [begin, end) are rows and are
-  // cut into 16-row tiles here (the pool's chunks need not be multiples of 16).
-  const PanelLayout L = a.panels ? panel_layout(a.fmt, a.k) : PanelLayout{};
+  // [begin, end) are panels. Rows (a dense format, or an integer one the table keeps as
+  // rows) have no tile reader here; the reference is correct for them.
+  if (!a.panels) { matmul_ref(a, begin, end); return; }
+  const PanelLayout L = panel_layout(a.fmt, a.k);
   alignas(64) float tile[kKc * kPanelRows];
   thread_local std::vector<float> packed;  // [ceil(m / kMr)][k][kMr], grown only
   const size_t need = (size_t)((a.m + kMr - 1) / kMr * kMr * a.k);
   if (packed.size() < need) packed.resize(need);
   pack_x(a.x, a.m, a.k, packed.data());
-  const int64_t u0 = a.panels ? begin : begin / kPanelRows, u1 = a.panels ? end : (end + kPanelRows - 1) / kPanelRows;
-  // This thread's tiles as row ranges: panels are 16 rows each; dense rows are cut into
-  // 16-row tiles clipped to [begin, end) (the pool's chunks need not be multiples of 16).
-  auto tile_rows = [&](int64_t u, int64_t* r0, int64_t* r1) {
-    *r0 = u * kPanelRows;
-    *r1 = *r0 + kPanelRows < a.n ? *r0 + kPanelRows : a.n;
-    if (!a.panels) {
-      if (*r0 < begin) *r0 = begin;
-      if (*r1 > end) *r1 = end;
-    }
-  };
-  // Groups of kGroup tiles, K chunks inside a group: y[:, group] (m × 256 floats, 128 KiB
-  // at m = 128) stays in L2 across the chunks it accumulates over, and x's chunk is read
-  // once per group. (K outside all tiles re-read y from L3 every chunk: 7 % of prompt time
-  // in perf.)
-  for (int64_t g0 = u0; g0 < u1; g0 += kGroup) {
-    const int64_t g1 = g0 + kGroup < u1 ? g0 + kGroup : u1;
+  // Groups of kGroup panels, K chunks inside a group: y[:, group] (m × 256 floats, 128
+  // KiB at m = 128) stays in L2 across the chunks it accumulates over, and x's chunk is
+  // read once per group. (K outside all tiles re-read y from L3 every chunk: 7 % of
+  // prompt time in perf.)
+  for (int64_t g0 = begin; g0 < end; g0 += kGroup) {
+    const int64_t g1 = g0 + kGroup < end ? g0 + kGroup : end;
     for (int64_t k0 = 0; k0 < a.k; k0 += kKc) {
       const int kc = (int)(a.k - k0 < kKc ? a.k - k0 : kKc);
-      for (int64_t u = g0; u < g1; ++u) {
-        int64_t r0, r1, n0, n1;
-        tile_rows(u, &r0, &r1);
-        if (r0 >= r1) continue;
-        // The next tile in this order: the group's next, or its first at the next chunk.
-        const int64_t nu = u + 1 < g1 ? u + 1 : g0, nk = u + 1 < g1 ? k0 : k0 + kKc;
-        if (nk < a.k) {
-          tile_rows(nu, &n0, &n1);
-          prefetch_tile_source(a, L, n0, n1, nk, (int)(a.k - nk < kKc ? a.k - nk : kKc));
-        }
-        MatmulArgs sub = a;
-        if (!a.panels) {  // a tile starting at r0 (not necessarily a multiple of 16)
-          sub.w = a.w + r0 * row_bytes(a.fmt, a.k);
-          sub.n = r1 - r0;
-        }
-        fill_tile(sub, L, a.panels ? u : 0, k0, kc, tile);
-        const int cols = (int)(r1 - r0);
+      for (int64_t p = g0; p < g1; ++p) {
+        // The next tile in this order: the group's next panel, or its first at the next chunk.
+        const int64_t np = p + 1 < g1 ? p + 1 : g0, nk = p + 1 < g1 ? k0 : k0 + kKc;
+        if (nk < a.k) prefetch_tile_source(a, L, np, nk, (int)(a.k - nk < kKc ? a.k - nk : kKc));
+        fill_tile(a, L, p, k0, kc, tile);
+        const int64_t r0 = p * kPanelRows;
+        const int cols = (int)(a.n - r0 < kPanelRows ? a.n - r0 : kPanelRows);
         for (int64_t m = 0; m < a.m; m += kMr) {
           const int mr = (int)(a.m - m < kMr ? a.m - m : kMr);
           micro_rows(mr, packed.data() + ((m / kMr) * a.k + k0) * kMr, tile, kc, a.y + m * a.n + r0, a.n, cols,

@@ -66,10 +66,6 @@ void quantize_act_avx2(const float* x, block_q8_act* y, int64_t k) {
   }
 }
 
-constexpr int group_size(Format f) {
-  return f == Format::Q4_G32 ? 32 : f == Format::Q4_G64 ? 64 : f == Format::Q4_G128 ? 128 : 0;
-}
-
 inline void store_rows(float* y, __m256 v, int rows) {  // rows: how many of the 8 lanes exist
   if (rows >= 8) { _mm256_storeu_ps(y, v); return; }
   alignas(32) float t[8];
@@ -93,7 +89,7 @@ inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
 template <Format F, int MT, bool HI>
 void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
               float* const* ys, int rows) {
-  constexpr int G = group_size(F);
+  constexpr int G = q4_group_size(F);
   constexpr int SUB = G ? G / QK : 1;  // 32-blocks sharing one scale
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i ones = _mm256_set1_epi16(1);

@@ -40,10 +40,6 @@ void quantize_act_avx512(const float* x, block_q8_act* y, int64_t k) {
   }
 }
 
-constexpr int group_size(Format f) {
-  return f == Format::Q4_G32 ? 32 : f == Format::Q4_G64 ? 64 : f == Format::Q4_G128 ? 128 : 0;
-}
-
 inline void store_rows(float* y, __m512 v, int rows) {
   _mm512_mask_storeu_ps(y, (__mmask16)((1u << rows) - 1u), v);
 }
@@ -62,7 +58,7 @@ inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
 template <Format F, int MT, bool HI>
 void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
               float* const* ys, int rows) {
-  constexpr int G = group_size(F);
+  constexpr int G = q4_group_size(F);
   constexpr int SUB = G ? G / QK : 1;
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[MT];
