@@ -95,7 +95,8 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) 
   const KernelTable* kt = kernels_;
   const int64_t units = panels_ ? panel_count(n_) : n_;
   if (!format_info(fmt_).integer_path || act == Activations::F32) {  // dense formats multiply in f32 anyway
-    auto run = format_info(fmt_).integer_path ? kt->matmul_f32 : kt->matmul;
+    // Dense: the same product either way; F32 asks for the prompt kernel (matmul_f32).
+    auto run = act == Activations::F32 ? kt->matmul_f32 : kt->matmul;
     global_pool()->parallel_for(units, [&](int64_t b, int64_t e) { run(a, b, e); });
     return;
   }

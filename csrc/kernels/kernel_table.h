@@ -41,12 +41,14 @@ struct KernelTable {
   void (*attn_scores_q8)(const float* q, const block_q8_0* k, int64_t stride, int64_t len, int64_t hd, float scale,
                          float* scores);
   void (*attn_mix_q8)(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out);
-  // y = x · Wᵀ for an integer format with x in f32 (args.xq null) against the dequantised
-  // weights; same units as matmul. Made for prompts: many rows share each dequantised tile.
+  // y = x · Wᵀ with x in f32 (args.xq null) against the dequantised weights; same units
+  // as matmul. Made for prompts: many rows share each dequantised tile.
   void (*matmul_f32)(const MatmulArgs& args, int64_t begin, int64_t end);
   // Whether matmul_f32 beats the integer kernels' int8x2 path on prompt-sized batches
   // here (measured per ISA; benchmarks/NOTES.md).
   bool f32_prompts;
+  // Whether matmul_f32 beats matmul on prompt-sized batches for dense formats.
+  bool dense_prompts;
 };
 
 const KernelTable& kernels_scalar();

@@ -142,11 +142,11 @@ void LlamaModel::forward(const int32_t* ids, int64_t n, bool all_logits, float* 
 void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits,
                                float* logits) {
   // A sequence's numbers must not depend on what it is batched with, so the activation
-  // mode is the segment's own (segment_is_f32: by its length), and the segments on the f32
-  // path go first so that each matrix is multiplied in at most two calls.
+  // kernel is chosen by the segment's own length (segment_is_prompt), and the prompt
+  // segments go first so that each matrix is multiplied in at most two calls.
   bool sorted = true;
   for (int64_t s = 1; s < n_segs; ++s)
-    if (segment_is_f32(segs[s]) && !segment_is_f32(segs[s - 1])) sorted = false;
+    if (segment_is_prompt(segs[s]) && !segment_is_prompt(segs[s - 1])) sorted = false;
   if (sorted) {
     forward_grouped(ids, segs, n_segs, all_logits, logits);
     return;
@@ -155,7 +155,7 @@ void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t 
   for (int64_t s = 0, t = 0; s < n_segs; t += segs[s].n, ++s) start[s] = t;
   for (int pass = 0; pass < 2; ++pass)
     for (int64_t s = 0; s < n_segs; ++s)
-      if (segment_is_f32(segs[s]) == (pass == 0)) order.push_back(s);
+      if (segment_is_prompt(segs[s]) == (pass == 0)) order.push_back(s);
   std::vector<int32_t> ids2;
   std::vector<Segment> segs2;
   for (int64_t s : order) {
@@ -176,17 +176,19 @@ void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t 
   }
 }
 
-void LlamaModel::matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_f32, float* y) const {
+void LlamaModel::matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_prompt, float* y) const {
+  const bool integer = format_info(w.format()).integer_path;
+  const int64_t n_f32 = (integer ? precise_ && kt_->f32_prompts : kt_->dense_prompts) ? n_prompt : 0;
   if (n_f32 > 0) w.matmul(x, n_f32, y, Activations::F32);
   if (n > n_f32) w.matmul(x + n_f32 * w.k(), n - n_f32, y + n_f32 * w.n(), precise_ ? Activations::Int8x2 : Activations::Int8);
 }
 
 void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits,
                                  float* logits) {
-  int64_t n = 0, n_f32 = 0;  // rows in all; of them, leading rows on the f32 path
+  int64_t n = 0, n_prompt = 0;  // rows in all; of them, leading prompt rows (segment_is_prompt)
   for (int64_t s = 0; s < n_segs; ++s) {
     n += segs[s].n;
-    if (segment_is_f32(segs[s])) n_f32 += segs[s].n;
+    if (segment_is_prompt(segs[s])) n_prompt += segs[s].n;
   }
   grow(row_slot_, n); grow(row_pos_, n);
   for (int64_t s = 0, t = 0; s < n_segs; ++s)
@@ -206,9 +208,9 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
     const LayerWeights& L = w_.layers[l];
     // --- attention block ---
     for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.attn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
-    matmul_rows(*L.wq, h_.data(), n, n_f32, q_.data());
-    matmul_rows(*L.wk, h_.data(), n, n_f32, k_.data());
-    matmul_rows(*L.wv, h_.data(), n, n_f32, v_.data());
+    matmul_rows(*L.wq, h_.data(), n, n_prompt, q_.data());
+    matmul_rows(*L.wk, h_.data(), n, n_prompt, k_.data());
+    matmul_rows(*L.wv, h_.data(), n, n_prompt, v_.data());
     for (int64_t t = 0; t < n; ++t) {
       float* q = q_.data() + t * q_dim_;
       float* k = k_.data() + t * kv_dim_;
@@ -234,17 +236,17 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
       }
     }
     attention(l, n);
-    matmul_rows(*L.wo, att_.data(), n, n_f32, o_.data());
+    matmul_rows(*L.wo, att_.data(), n, n_prompt, o_.data());
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
     // --- SwiGLU MLP block ---
     for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.ffn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
-    matmul_rows(*L.w_gate, h_.data(), n, n_f32, gate_.data());
-    matmul_rows(*L.w_up, h_.data(), n, n_f32, up_.data());
+    matmul_rows(*L.w_gate, h_.data(), n, n_prompt, gate_.data());
+    matmul_rows(*L.w_up, h_.data(), n, n_prompt, up_.data());
     for (int64_t i = 0; i < n * ffn; ++i) {
       const float g = gate_[i];
       gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
     }
-    matmul_rows(*L.w_down, gate_.data(), n, n_f32, o_.data());
+    matmul_rows(*L.w_down, gate_.data(), n, n_prompt, o_.data());
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
   }
   for (int64_t s = 0; s < n_segs; ++s) pos_[segs[s].slot] += segs[s].n;
@@ -256,9 +258,9 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
     for (int64_t t = all_logits ? end - segs[s].n : end - 1; t < end; ++t, ++rows)
       rms_norm(x_.data() + t * dim, w_.final_norm, h_.data() + rows * dim, dim, cfg_.norm_eps);
   }
-  // A segment's head rows are all its rows (all_logits: same mode as its body) or its
-  // last one (never a prompt-sized batch, so never f32).
-  matmul_rows(*w_.output, h_.data(), rows, all_logits ? n_f32 : 0, logits);
+  // A segment's head rows are all its rows (all_logits: same kernels as its body) or its
+  // last one (never a prompt-sized batch).
+  matmul_rows(*w_.output, h_.data(), rows, all_logits ? n_prompt : 0, logits);
 }
 
 }  // namespace linly

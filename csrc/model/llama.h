@@ -40,7 +40,7 @@ class LlamaModel {
   // Shapes must already be validated against cfg (the bindings do it, with messages).
   // precise: integer matmuls keep near-f32 accuracy: decode-sized steps use the
   // activations' int8 residual (formats.h), prompt-sized segments f32 tiles where the ISA
-  // runs those faster (segment_is_f32). Otherwise plain int8 activations, as llama.cpp.
+  // runs those faster (segment_is_prompt). Otherwise plain int8 activations, as llama.cpp.
   // kernels: the table the attention runs on (the matrices carry their own).
   // n_slots: independent sequences, each with its own KV cache of max_context tokens.
   LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise, const KernelTable& kernels,
@@ -68,13 +68,17 @@ class LlamaModel {
   void attention(int64_t layer, int64_t n);  // q_, cache -> att_
   // Segments of at least this many rows count as prompts. Chosen, not tuned: well above
   // the batched decode steps (one row per sequence), well below a prompt chunk.
-  static constexpr int64_t kF32PromptRows = 16;
-  static_assert(kF32PromptRows > 1, "a single head row must stay on the integer path (forward_grouped)");
-  bool segment_is_f32(const Segment& s) const { return precise_ && kt_->f32_prompts && s.n >= kF32PromptRows; }
-  // forward_batch with the f32-path segments first (their rows lead every matrix).
+  // A prompt's rows go through matmul_f32 where the table says that is faster: for
+  // integer formats in the precise mode (f32_prompts), for dense ones (dense_prompts).
+  static constexpr int64_t kPromptRows = 16;
+  static_assert(kPromptRows > 1, "a single head row must stay off the prompt path (forward_grouped)");
+  bool segment_is_prompt(const Segment& s) const {
+    return s.n >= kPromptRows && ((precise_ && kt_->f32_prompts) || kt_->dense_prompts);
+  }
+  // forward_batch with the prompt segments first (their rows lead every matrix).
   void forward_grouped(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits, float* logits);
-  // y = x · Wᵀ for n rows, the first n_f32 in f32, the rest with the model's integer activations.
-  void matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_f32, float* y) const;
+  // y = x · Wᵀ for n rows, the first n_prompt of them prompt rows (segment_is_prompt).
+  void matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_prompt, float* y) const;
   // Element offset of (slot, layer, position) in the K or V cache.
   size_t kv_offset(int64_t slot, int64_t layer, int64_t p) const {
     return (size_t)(((slot * cfg_.n_layers + layer) * cfg_.max_context + p) * kv_dim_);

@@ -123,7 +123,7 @@ const KernelTable& kernels_scalar() {
   static const KernelTable t{Isa::Scalar, "scalar", false, quantize_row_act_ref, matmul_scalar,
                              read_checksum_scalar, attn_scores_f32_ref, attn_scores_f16_ref, softmax_ref,
                              attn_mix_f32_ref, attn_mix_f16_ref, attn_scores_q8_ref, attn_mix_q8_ref,
-                             matmul_scalar, false};
+                             matmul_scalar, false, false};
   return t;
 }
 

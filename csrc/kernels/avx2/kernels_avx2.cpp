@@ -5,6 +5,7 @@
 
 #include <math.h>  // C header: no inline C++ wrappers compiled with AVX2 flags to leak out (see fp16.h)
 
+#include "kernels/avx2/dense_load_avx2.h"
 #include "kernels/kernel_table.h"
 #include "quant/fp16.h"
 #include "quant/matmul_ref.h"
@@ -225,24 +226,6 @@ void panel_tile(bool precise, Format f, const uint8_t* panel, const PanelLayout&
                 const block_q8_act* const* xs, float* const* ys, int rows) {
   if (precise) panel_tile_hi<MT, true>(f, panel, L, nb, xs, ys, rows);
   else panel_tile_hi<MT, false>(f, panel, L, nb, xs, ys, rows);
-}
-
-inline __m256 load8(Format f, const uint8_t* w, int64_t i) {
-  switch (f) {
-    case Format::F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + i)));
-    case Format::BF16:
-      return _mm256_castsi256_ps(_mm256_slli_epi32(
-          _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + i))), 16));
-    default: return _mm256_loadu_ps((const float*)w + i);
-  }
-}
-
-inline float load1(Format f, const uint8_t* w, int64_t i) {
-  switch (f) {
-    case Format::F16: return fp16_to_fp32(((const uint16_t*)w)[i]);
-    case Format::BF16: return bf16_to_fp32(((const uint16_t*)w)[i]);
-    default: return ((const float*)w)[i];
-  }
 }
 
 // Dense rows, four at a time so each activation load feeds four FMAs.
@@ -542,7 +525,7 @@ void softmax_avx2(float* x, int64_t len) {
 const KernelTable& kernels_avx2() {
   static const KernelTable t{Isa::Avx2, "avx2", true, quantize_act_avx2, matmul_avx2, read_checksum_avx2,
                              attn_scores_f32_avx2, attn_scores_f16_avx2, softmax_avx2, attn_mix_f32_avx2,
-                             attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx2, true};
+                             attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx2, true, true};
   return t;
 }
 
