@@ -66,7 +66,8 @@ void attn_mix_f16_avx2(const float* p, const uint16_t* v, int64_t stride, int64_
 void attn_scores_q8_avx2(const float* q, const block_q8_0* k, int64_t stride, int64_t len, int64_t hd, float scale,
                          float* scores);
 void attn_mix_q8_avx2(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out);
-void gemm_tiles_avx2(const MatmulArgs& args, int64_t begin, int64_t end);  // gemm_tiles_avx2.cpp
+void gemm_tiles_avx2(const MatmulArgs& args, int64_t begin, int64_t end);    // gemm_tiles_avx2.cpp
+void gemm_tiles_avx512(const MatmulArgs& args, int64_t begin, int64_t end);  // gemm_tiles_avx512.cpp
 #endif
 
 }  // namespace linly

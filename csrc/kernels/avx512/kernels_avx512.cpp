@@ -48,10 +48,13 @@ inline void store_rows(float* y, __m512 v, int rows) {
 #ifndef LINLY_AVX512_PREFETCH_BYTES
 #define LINLY_AVX512_PREFETCH_BYTES 4096
 #endif
+#ifndef LINLY_AVX512_PREFETCH_HINT
+#define LINLY_AVX512_PREFETCH_HINT _MM_HINT_T0
+#endif
 constexpr int kPrefetchBytes = LINLY_AVX512_PREFETCH_BYTES;
 inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
   if (kPrefetchBytes == 0) return;
-  for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), _MM_HINT_T1);
+  for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), LINLY_AVX512_PREFETCH_HINT);
 }
 
 // One 16-row panel of a 4-bit format against MT activation rows; the decode hot loop.
@@ -276,7 +279,7 @@ uint64_t read_checksum_avx512(const uint8_t* p, int64_t bytes) {
 const KernelTable& kernels_avx512() {
   static const KernelTable t{Isa::Avx512, "avx512", true, quantize_act_avx512, matmul_avx512, read_checksum_avx512,
                              attn_scores_f32_avx2, attn_scores_f16_avx2, softmax_avx2, attn_mix_f32_avx2,
-                             attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx2, false, true};
+                             attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx512, false, true};
   return t;
 }
 
