@@ -4,7 +4,8 @@ same run so that decode can be read as a fraction of what memory allows.
 
 Peers run the same model in the same process when they are installed: llama.cpp through
 llama-cpp-python (it needs a GGUF: the model itself, or the GGUF a packed file was made
-from) and transformers on torch (f32 weights).
+from) and transformers on torch (``transformers``: f32 weights; ``transformers-bf16``:
+bf16 weights and arithmetic, torch's fast CPU path where the CPU has AVX-512 BF16 or AMX).
 """
 
 from __future__ import annotations
@@ -89,15 +90,18 @@ def bench_llama_cpp(gguf: Path, threads: int, prompt: int, gen: int, repeat: int
     return _median_runs(once, repeat)
 
 
-def bench_transformers(path: Path, threads: int, prompt: int, gen: int, repeat: int) -> tuple[float, float]:
+def bench_transformers(path: Path, threads: int, prompt: int, gen: int, repeat: int,
+                       dtype: str = "float32") -> tuple[float, float]:
+    """transformers on torch's CPU path; dtype "float32" or "bfloat16" (weights and arithmetic)."""
     import torch
     import transformers
 
     torch.set_num_threads(threads)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     if path.is_dir():
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch_dtype)
     model.eval()
     ids = torch.tensor([prompt_ids(model.config.vocab_size, prompt)])
 
@@ -155,11 +159,11 @@ def run(path: Path, threads: list[int], prompt: int, gen: int, repeat: int, vs: 
                         raise ValueError("llama.cpp needs a GGUF: pass the .gguf, or a .linly converted from one "
                                          "that is still in place")
                     pp2, tg2 = bench_llama_cpp(gguf, t, prompt, gen, repeat)
-                elif peer == "transformers":
+                elif peer in ("transformers", "transformers-bf16"):
                     pp2, tg2 = bench_transformers(path if path.is_dir() else (source_gguf(path) or path), t, prompt,
-                                                  gen, repeat)
+                                                  gen, repeat, "bfloat16" if peer.endswith("bf16") else "float32")
                 else:
-                    raise ValueError(f"unknown peer '{peer}' (llama.cpp, transformers)")
+                    raise ValueError(f"unknown peer '{peer}' (llama.cpp, transformers, transformers-bf16)")
             except ImportError as e:
                 log(f"{peer:<12} skipped: {e.name or e} is not installed")
                 continue

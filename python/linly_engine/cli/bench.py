@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens (default 128)")
     p.add_argument("--gen", type=int, default=128, help="decoded tokens (default 128)")
     p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
-    p.add_argument("--vs", default="", help="peers to run side by side: llama.cpp,transformers")
+    p.add_argument("--vs", default="", help="peers to run side by side: llama.cpp,transformers,transformers-bf16")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--plot", default=None, help="draw a bar chart (PNG) here (needs matplotlib)")
     p.set_defaults(func=cmd_bench)
