@@ -228,9 +228,36 @@ void panel_tile(bool precise, Format f, const uint8_t* panel, const PanelLayout&
   else panel_tile_hi<MT, false>(f, panel, L, nb, xs, ys, rows);
 }
 
+// Decode (one activation row): one weight row at a time, so a thread's rows are read as
+// one sequential stream with a software prefetch 4 KiB ahead into L1. Four rows side by
+// side are four streams of one row each, and the prefetchers follow short streams
+// poorly (on Zen 5 under AVX2: 22.5 GB/s of f16 from DRAM on one core against ~40 for
+// one stream; benchmarks/NOTES.md has the AVX-512 twin of this measurement).
+template <Format F>
+void dense_rows_decode(const MatmulArgs& a, int64_t n0, int64_t n1) {
+  constexpr int64_t wbytes = F == Format::F32 ? 4 : 2;
+  constexpr int64_t kAhead = 4096;
+  const int64_t rb = row_bytes(F, a.k), k32 = a.k / 32 * 32;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* w = a.w + n * rb;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i < k32; i += 32) {
+      for (int64_t o = 0; o < 32 * wbytes; o += 64) _mm_prefetch((const char*)(w + i * wbytes + kAhead + o), _MM_HINT_T0);
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) acc[u] = _mm256_fmadd_ps(load8(F, w, i + 8 * u), _mm256_loadu_ps(a.x + i + 8 * u), acc[u]);
+    }
+    for (; i + 8 <= a.k; i += 8) acc[0] = _mm256_fmadd_ps(load8(F, w, i), _mm256_loadu_ps(a.x + i), acc[0]);
+    float s = hsum_f32(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < a.k; ++i) s += load1(F, w, i) * a.x[i];
+    a.y[n] = s;
+  }
+}
+
 // Dense rows, four at a time so each activation load feeds four FMAs.
 template <Format F>
 void dense_rows(const MatmulArgs& a, int64_t n0, int64_t n1) {
+  if (a.m == 1) { dense_rows_decode<F>(a, n0, n1); return; }
   const int64_t rb = row_bytes(F, a.k), k8 = a.k / 8 * 8;
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) {
