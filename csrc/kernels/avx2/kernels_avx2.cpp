@@ -327,15 +327,23 @@ void matmul_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
   const PanelLayout L = panel_layout(a.fmt, a.k);
   const int64_t nb = a.k / QK;
   constexpr int MT = 2;
+  // Two activation rows per pass pay only for q8_0. GCC keeps the 4-bit 2-row kernel's
+  // activation broadcasts alive across its two half-panels and spills 41 (int8) to 98
+  // (int8x2) ymm stores per block; measured under LINLY_ISA=avx2 on Zen 5 (one thread,
+  // 2048x2048), one row at a time is faster for q4 at every batch size (M = 2: 92 against
+  // 114 us; M = 128 int8: 190-195 against 148-152 GOPS) and slower for q8_0 (M = 128: 139
+  // against 150). Not yet measured on an AVX2-only CPU (benchmarks/NOTES.md).
+  const bool pair_rows = a.fmt == Format::Q8_0;
   for (int64_t p = begin; p < end; ++p) {
     const uint8_t* panel = a.w + p * L.panel_bytes;
     const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
     int64_t m = 0;
-    for (; m + MT <= a.m; m += MT) {
-      const block_q8_act* xs[MT] = {a.xq + m * nb, a.xq + (m + 1) * nb};
-      float* ys[MT] = {a.y + m * a.n + p * kPanelRows, a.y + (m + 1) * a.n + p * kPanelRows};
-      panel_tile<MT>(a.precise, a.fmt, panel, L, nb, xs, ys, rows);
-    }
+    if (pair_rows)
+      for (; m + MT <= a.m; m += MT) {
+        const block_q8_act* xs[MT] = {a.xq + m * nb, a.xq + (m + 1) * nb};
+        float* ys[MT] = {a.y + m * a.n + p * kPanelRows, a.y + (m + 1) * a.n + p * kPanelRows};
+        panel_tile<MT>(a.precise, a.fmt, panel, L, nb, xs, ys, rows);
+      }
     for (; m < a.m; ++m) {
       const block_q8_act* xs[1] = {a.xq + m * nb};
       float* ys[1] = {a.y + m * a.n + p * kPanelRows};
