@@ -229,21 +229,20 @@ void panel_tile(bool precise, Format f, const uint8_t* panel, const PanelLayout&
 }
 
 // Decode (one activation row): one weight row at a time, so a thread's rows are read as
-// one sequential stream with a software prefetch 4 KiB ahead into L1. Four rows side by
-// side are four streams of one row each, and the prefetchers follow short streams
+// one sequential stream, prefetched kPrefetchBytes ahead (into L1 here). Four rows side
+// by side are four streams of one row each, and the prefetchers follow short streams
 // poorly (on Zen 5 under AVX2: 22.5 GB/s of f16 from DRAM on one core against ~40 for
 // one stream; benchmarks/NOTES.md has the AVX-512 twin of this measurement).
 template <Format F>
 void dense_rows_decode(const MatmulArgs& a, int64_t n0, int64_t n1) {
   constexpr int64_t wbytes = F == Format::F32 ? 4 : 2;
-  constexpr int64_t kAhead = 4096;
   const int64_t rb = row_bytes(F, a.k), k32 = a.k / 32 * 32;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* w = a.w + n * rb;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t i = 0;
     for (; i < k32; i += 32) {
-      for (int64_t o = 0; o < 32 * wbytes; o += 64) _mm_prefetch((const char*)(w + i * wbytes + kAhead + o), _MM_HINT_T0);
+      for (int64_t o = 0; o < 32 * wbytes; o += 64) _mm_prefetch((const char*)(w + i * wbytes + kPrefetchBytes + o), _MM_HINT_T0);
 #pragma GCC unroll 4
       for (int u = 0; u < 4; ++u) acc[u] = _mm256_fmadd_ps(load8(F, w, i + 8 * u), _mm256_loadu_ps(a.x + i + 8 * u), acc[u]);
     }
@@ -342,7 +341,8 @@ void matmul_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
       for (; m + MT <= a.m; m += MT) {
         const block_q8_act* xs[MT] = {a.xq + m * nb, a.xq + (m + 1) * nb};
         float* ys[MT] = {a.y + m * a.n + p * kPanelRows, a.y + (m + 1) * a.n + p * kPanelRows};
-        panel_tile<MT>(a.precise, a.fmt, panel, L, nb, xs, ys, rows);
+        if (a.precise) q8_panel<MT, true>(panel, L, nb, xs, ys, rows);
+        else q8_panel<MT, false>(panel, L, nb, xs, ys, rows);
       }
     for (; m < a.m; ++m) {
       const block_q8_act* xs[1] = {a.xq + m * nb};

@@ -44,17 +44,15 @@ inline void store_rows(float* y, __m512 v, int rows) {
   _mm512_mask_storeu_ps(y, (__mmask16)((1u << rows) - 1u), v);
 }
 
-// Software prefetch a few blocks ahead, as in the AVX2 kernels (same reasoning).
+// Software prefetch 4 KiB ahead into L1, for the panel and the dense kernels alike: into
+// L1 rather than L2 gained 2-4 % on Zen 5, and 4 to 16 KiB were equal (benchmarks/NOTES.md).
 #ifndef LINLY_AVX512_PREFETCH_BYTES
 #define LINLY_AVX512_PREFETCH_BYTES 4096
 #endif
-#ifndef LINLY_AVX512_PREFETCH_HINT
-#define LINLY_AVX512_PREFETCH_HINT _MM_HINT_T0
-#endif
 constexpr int kPrefetchBytes = LINLY_AVX512_PREFETCH_BYTES;
-inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
+inline void prefetch_ahead(const uint8_t* q, int bytes) {
   if (kPrefetchBytes == 0) return;
-  for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), LINLY_AVX512_PREFETCH_HINT);
+  for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), _MM_HINT_T0);
 }
 
 // One 16-row panel of a 4-bit format against MT activation rows; the decode hot loop.
@@ -188,11 +186,6 @@ inline __m512 load16(Format f, const uint8_t* w, int64_t i, __mmask16 mask) {
 // side by side made four 4 KiB streams, each too short for them to lock on: 12 GB/s of
 // f16 from DRAM where one stream reads 40). Each converted weight vector feeds MT
 // activation rows; with MT = 1 (decode), four independent FMA chains hide the latency.
-#ifndef LINLY_AVX512_DENSE_PREFETCH_BYTES
-#define LINLY_AVX512_DENSE_PREFETCH_BYTES 4096
-#endif
-constexpr int kDensePrefetchBytes = LINLY_AVX512_DENSE_PREFETCH_BYTES;
-
 template <Format F, int MT>
 void dense_row(const uint8_t* w, const float* x, int64_t k, float* y, int64_t ldy) {
   constexpr int U = MT == 1 ? 4 : 1;  // independent chains per activation row
@@ -202,8 +195,7 @@ void dense_row(const uint8_t* w, const float* x, int64_t k, float* y, int64_t ld
   int64_t i = 0;
   constexpr int64_t wbytes = F == Format::F32 ? 4 : 2;  // per weight
   for (; i + 16 * U <= k; i += 16 * U) {
-    if (MT == 1 && kDensePrefetchBytes)
-      for (int o = 0; o < 16 * U * wbytes; o += 64) _mm_prefetch((const char*)(w + i * wbytes + kDensePrefetchBytes + o), _MM_HINT_T0);
+    if (MT == 1) prefetch_ahead(w + i * wbytes, 16 * U * wbytes);
 #pragma GCC unroll 4
     for (int u = 0; u < U; ++u) {
       const __m512 wv = load16(F, w, i + 16 * u, (__mmask16)0xffff);
