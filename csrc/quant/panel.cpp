@@ -36,14 +36,15 @@ void walk_panel(Format f, int64_t k, int64_t r0, int64_t r1, Copy copy) {
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t blk = b / sub, c = b % sub;
       const int64_t src_blk = r * rb + blk * fi.block_bytes;
+      const int64_t qs = L.qs_offset(b);
       for (int j = 0; j < qpb; j += 4) {  // 4-byte words: one 32-bit lane of vector j/4
-        copy(b * qpb * kPanelRows + (j / 4) * 64 + r * 4, src_blk + pb.qs + c * qpb + j, 4);
+        copy(qs + (j / 4) * 64 + r * 4, src_blk + pb.qs + c * qpb + j, 4);
       }
-      if (c == 0) {
-        const int64_t g = blk;  // scale index: per 32-block, or per group for q4_g
-        copy(L.d_offset + (g * kPanelRows + r) * 2, src_blk + pb.d, 2);
-        if (pb.m >= 0) copy(L.m_offset + (g * kPanelRows + r) * 2, src_blk + pb.m, 2);
-        if (pb.z >= 0) copy(L.z_offset + g * kPanelRows + r, src_blk + pb.z, 1);
+      if (c == 0) {  // the group's record: d[16], then m[16] (q4_1) or z[16] (q4_g)
+        const int64_t rec = L.record_offset(b);
+        copy(rec + r * 2, src_blk + pb.d, 2);
+        if (pb.m >= 0) copy(rec + 32 + r * 2, src_blk + pb.m, 2);
+        if (pb.z >= 0) copy(rec + 32 + r, src_blk + pb.z, 1);
       }
     }
   }
@@ -53,14 +54,15 @@ void walk_panel(Format f, int64_t k, int64_t r0, int64_t r1, Copy copy) {
 bool format_has_panels(Format f) { return plain_block(f).qs >= 0; }
 
 PanelLayout panel_layout(Format f, int64_t k) {
-  const FormatInfo& fi = format_info(f);
-  const int64_t nb = k / QK, ng = k / fi.block_elems;
-  PanelLayout L{0, 0, -1, -1, 0};
-  L.qs_bytes = nb * plain_block(f).qs_bytes_per_32 * kPanelRows;
-  L.d_offset = L.qs_bytes;
-  int64_t end = L.d_offset + ng * kPanelRows * 2;
-  if (f == Format::Q4_1) { L.m_offset = end; end += ng * kPanelRows * 2; }
-  if (q4_group_size(f)) { L.z_offset = end; end += ng * kPanelRows; }
+  PanelLayout L{};
+  L.nb = k / QK;
+  L.chunk_blocks = panel_chunk_blocks(f);
+  L.group_blocks = panel_group_blocks(f);
+  L.block_bytes = panel_block_bytes(f);
+  L.record_bytes = panel_record_bytes(f);
+  L.chunk_bytes = panel_chunk_bytes(f);
+  const int64_t full = L.nb / L.chunk_blocks, tail = L.nb % L.chunk_blocks;
+  const int64_t end = full * L.chunk_bytes + tail * L.block_bytes + tail / L.group_blocks * L.record_bytes;
   L.panel_bytes = (end + 63) / 64 * 64;
   return L;
 }

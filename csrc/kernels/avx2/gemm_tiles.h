@@ -41,15 +41,16 @@ constexpr int kMr = 6;    // activation rows per packed block (pack_x); the AVX2
 template <Format F>
 void panel_to_tile(const uint8_t* panel, const PanelLayout& L, int64_t b0, int nblk, float* tile) {
   constexpr int G = q4_group_size(F);
-  constexpr int SUB = G ? G / QK : 1;
   const __m256i low4 = _mm256_set1_epi32(0x0f);
   for (int bi = 0; bi < nblk; ++bi) {
-    const int64_t b = b0 + bi, g = b / SUB;
+    const int64_t b = b0 + bi;
+    const uint8_t* rec = panel + L.record_offset(b);  // d[16], then m[16] or z[16]
+    const uint8_t* codes = panel + L.qs_offset(b);
     float* t = tile + bi * QK * kPanelRows;
     for (int h = 0; h < 2; ++h) {  // rows 8h .. 8h + 7
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.d_offset + g * 32 + h * 16)));
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + h * 16)));
       if (F == Format::Q8_0) {
-        const uint8_t* q = panel + b * 512;
+        const uint8_t* q = codes;
         for (int v = 0; v < 8; ++v) {
           const __m256i raw = _mm256_load_si256((const __m256i*)(q + v * 64 + h * 32));
           const __m256i e[4] = {_mm256_srai_epi32(_mm256_slli_epi32(raw, 24), 24),
@@ -61,9 +62,9 @@ void panel_to_tile(const uint8_t* panel, const PanelLayout& L, int64_t b0, int n
       }
       __m256i zero_point = _mm256_set1_epi32(8);
       __m256 mn = _mm256_setzero_ps();
-      if (G) zero_point = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(panel + L.z_offset + g * 16 + h * 8)));
-      if (F == Format::Q4_1) mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.m_offset + g * 32 + h * 16)));
-      const uint8_t* q = panel + b * 256;
+      if (G) zero_point = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(rec + 32 + h * 8)));
+      if (F == Format::Q4_1) mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + 32 + h * 16)));
+      const uint8_t* q = codes;
       for (int v = 0; v < 4; ++v) {
         const __m256i raw = _mm256_load_si256((const __m256i*)(q + v * 64 + h * 32));
         for (int i = 0; i < 4; ++i) {
@@ -185,9 +186,11 @@ struct TileSource {
       }
       return;
     }
-    const int64_t per_block = L.qs_bytes / (a.k / QK);
-    const uint8_t* q = a.w + (r0 / kPanelRows) * L.panel_bytes + (k0 / QK) * per_block;
-    for (int64_t o = 0; o < (kc / QK) * per_block; o += 64) _mm_prefetch((const char*)(q + o), _MM_HINT_T0);
+    // Blocks [b0, b1) with their records lie in [qs_offset(b0), record_offset(b1 - 1) + record).
+    const int64_t b0 = k0 / QK, b1 = b0 + kc / QK;
+    const uint8_t* panel = a.w + (r0 / kPanelRows) * L.panel_bytes;
+    const int64_t lo = L.qs_offset(b0), hi = L.record_offset(b1 - 1) + L.record_bytes;
+    for (int64_t o = lo; o < hi; o += 64) _mm_prefetch((const char*)(panel + o), _MM_HINT_T0);
   }
 };
 

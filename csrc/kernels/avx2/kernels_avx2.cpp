@@ -91,7 +91,8 @@ template <Format F, int MT, bool HI>
 void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
               float* const* ys, int rows) {
   constexpr int G = q4_group_size(F);
-  constexpr int SUB = G ? G / QK : 1;  // 32-blocks sharing one scale
+  constexpr int SUB = panel_group_blocks(F), CB = panel_chunk_blocks(F);  // panel.h
+  constexpr int RB = panel_record_bytes(F), PER = panel_chunk_bytes(F) / CB;
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[2][MT];
@@ -100,55 +101,60 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
 #pragma GCC unroll 4
     for (int m = 0; m < MT; ++m) acc[h][m] = _mm256_setzero_ps();
 
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* q = panel + b * 256;
-    const int64_t g = b / SUB;
-    prefetch_ahead(q, 256);
+  for (int64_t c0 = 0; c0 < nb; c0 += CB) {  // chunks: CB blocks' codes, then their records
+    const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
+    const int nbc = L.blocks_in_chunk(c0);
+    for (int bi = 0; bi < nbc; ++bi) {
+      const int64_t b = c0 + bi;
+      const uint8_t* q = chunk + bi * 256;
+      const uint8_t* rec = chunk + nbc * 256 + bi / SUB * RB;
+      prefetch_ahead(chunk + bi * PER, PER);  // the block's share of the chunk's lines
 #pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      __m256i p[MT], p2[MT];  // p2: the activation residual's dot (HI only)
+      for (int h = 0; h < 2; ++h) {
+        __m256i p[MT], p2[MT];  // p2: the activation residual's dot (HI only)
 #pragma GCC unroll 4
-      for (int m = 0; m < MT; ++m) p[m] = p2[m] = _mm256_setzero_si256();
+        for (int m = 0; m < MT; ++m) p[m] = p2[m] = _mm256_setzero_si256();
 #pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) {
-        const __m256i raw = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
-        const __m256i lo = _mm256_and_si256(raw, low4);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+        for (int v = 0; v < 4; ++v) {
+          const __m256i raw = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
+          const __m256i lo = _mm256_and_si256(raw, low4);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
 #pragma GCC unroll 4
-        for (int m = 0; m < MT; ++m) {
-          const int32_t* xw = (const int32_t*)xs[m][b].qs;
-          // u8 code × s8 activation: |pair sum| ≤ 2·15·127, eight of them fit in int16.
-          p[m] = _mm256_add_epi16(p[m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xw[v])));
-          p[m] = _mm256_add_epi16(p[m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xw[4 + v])));
-          if (HI) {
-            const int32_t* rw = (const int32_t*)xs[m][b].r;
-            p2[m] = _mm256_add_epi16(p2[m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(rw[v])));
-            p2[m] = _mm256_add_epi16(p2[m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(rw[4 + v])));
+          for (int m = 0; m < MT; ++m) {
+            const int32_t* xw = (const int32_t*)xs[m][b].qs;
+            // u8 code × s8 activation: |pair sum| ≤ 2·15·127, eight of them fit in int16.
+            p[m] = _mm256_add_epi16(p[m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xw[v])));
+            p[m] = _mm256_add_epi16(p[m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xw[4 + v])));
+            if (HI) {
+              const int32_t* rw = (const int32_t*)xs[m][b].r;
+              p2[m] = _mm256_add_epi16(p2[m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(rw[v])));
+              p2[m] = _mm256_add_epi16(p2[m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(rw[4 + v])));
+            }
           }
         }
-      }
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.d_offset + g * 32 + h * 16)));
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + h * 16)));
 #pragma GCC unroll 4
-      for (int m = 0; m < MT; ++m) {
-        const block_q8_act& a = xs[m][b];
-        __m256i isum = _mm256_madd_epi16(p[m], ones);
-        __m256i isum2 = HI ? _mm256_madd_epi16(p2[m], ones) : isum;
-        if (F == Format::Q4_0) {
-          isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * a.s));
-          if (HI) isum2 = _mm256_sub_epi32(isum2, _mm256_set1_epi32(8 * a.s2));
-        }
-        if (G) {
-          const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(panel + L.z_offset + g * 16 + h * 8)));
-          isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(z, _mm256_set1_epi32(a.s)));
-          if (HI) isum2 = _mm256_sub_epi32(isum2, _mm256_mullo_epi32(z, _mm256_set1_epi32(a.s2)));
-        }
-        acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a.d)), _mm256_cvtepi32_ps(isum), acc[h][m]);
-        if (HI)
-          acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a.d2)), _mm256_cvtepi32_ps(isum2), acc[h][m]);
-        if (F == Format::Q4_1) {
-          const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.m_offset + g * 32 + h * 16)));
-          acc[h][m] = _mm256_fmadd_ps(mn, _mm256_set1_ps(a.d * (float)a.s), acc[h][m]);
-          if (HI) acc[h][m] = _mm256_fmadd_ps(mn, _mm256_set1_ps(a.d2 * (float)a.s2), acc[h][m]);
+        for (int m = 0; m < MT; ++m) {
+          const block_q8_act& a = xs[m][b];
+          __m256i isum = _mm256_madd_epi16(p[m], ones);
+          __m256i isum2 = HI ? _mm256_madd_epi16(p2[m], ones) : isum;
+          if (F == Format::Q4_0) {
+            isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * a.s));
+            if (HI) isum2 = _mm256_sub_epi32(isum2, _mm256_set1_epi32(8 * a.s2));
+          }
+          if (G) {
+            const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(rec + 32 + h * 8)));
+            isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(z, _mm256_set1_epi32(a.s)));
+            if (HI) isum2 = _mm256_sub_epi32(isum2, _mm256_mullo_epi32(z, _mm256_set1_epi32(a.s2)));
+          }
+          acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a.d)), _mm256_cvtepi32_ps(isum), acc[h][m]);
+          if (HI)
+            acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a.d2)), _mm256_cvtepi32_ps(isum2), acc[h][m]);
+          if (F == Format::Q4_1) {
+            const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + 32 + h * 16)));
+            acc[h][m] = _mm256_fmadd_ps(mn, _mm256_set1_ps(a.d * (float)a.s), acc[h][m]);
+            if (HI) acc[h][m] = _mm256_fmadd_ps(mn, _mm256_set1_ps(a.d2 * (float)a.s2), acc[h][m]);
+          }
         }
       }
     }
@@ -167,37 +173,43 @@ void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
   __m256 acc[2][MT];
   for (int h = 0; h < 2; ++h)
     for (int m = 0; m < MT; ++m) acc[h][m] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* q = panel + b * 512;
-    prefetch_ahead(q, 512);
+  constexpr int CB = panel_chunk_blocks(Format::Q8_0), PER = panel_chunk_bytes(Format::Q8_0) / CB;
+  for (int64_t c0 = 0; c0 < nb; c0 += CB) {  // chunks: CB blocks' codes, then their d
+    const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
+    const int nbc = L.blocks_in_chunk(c0);
+    for (int bi = 0; bi < nbc; ++bi) {
+      const int64_t b = c0 + bi;
+      const uint8_t* q = chunk + bi * 512;
+      prefetch_ahead(chunk + bi * PER, PER);
 #pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      __m256i isum[MT], isum2[MT];
+      for (int h = 0; h < 2; ++h) {
+        __m256i isum[MT], isum2[MT];
 #pragma GCC unroll 4
-      for (int m = 0; m < MT; ++m) isum[m] = isum2[m] = _mm256_setzero_si256();
+        for (int m = 0; m < MT; ++m) isum[m] = isum2[m] = _mm256_setzero_si256();
 #pragma GCC unroll 8
-      for (int v = 0; v < 8; ++v) {
-        const __m256i w = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
-        const __m256i aw = _mm256_abs_epi8(w);
+        for (int v = 0; v < 8; ++v) {
+          const __m256i w = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
+          const __m256i aw = _mm256_abs_epi8(w);
 #pragma GCC unroll 4
-        for (int m = 0; m < MT; ++m) {
-          // Sign trick: |w| · (x·sign w) = w·x with an unsigned first operand for maddubs.
-          const __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(((const int32_t*)xs[m][b].qs)[v]), w);
-          isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
-          if (HI) {
-            const __m256i sr = _mm256_sign_epi8(_mm256_set1_epi32(((const int32_t*)xs[m][b].r)[v]), w);
-            isum2[m] = _mm256_add_epi32(isum2[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sr), ones));
+          for (int m = 0; m < MT; ++m) {
+            // Sign trick: |w| · (x·sign w) = w·x with an unsigned first operand for maddubs.
+            const __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(((const int32_t*)xs[m][b].qs)[v]), w);
+            isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
+            if (HI) {
+              const __m256i sr = _mm256_sign_epi8(_mm256_set1_epi32(((const int32_t*)xs[m][b].r)[v]), w);
+              isum2[m] = _mm256_add_epi32(isum2[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sr), ones));
+            }
           }
         }
-      }
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(panel + L.d_offset + b * 32 + h * 16)));
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(chunk + nbc * 512 + bi * 32 + h * 16)));
 #pragma GCC unroll 4
-      for (int m = 0; m < MT; ++m) {
-        acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xs[m][b].d)), _mm256_cvtepi32_ps(isum[m]),
-                                    acc[h][m]);
-        if (HI)
-          acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xs[m][b].d2)), _mm256_cvtepi32_ps(isum2[m]),
+        for (int m = 0; m < MT; ++m) {
+          acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xs[m][b].d)), _mm256_cvtepi32_ps(isum[m]),
                                       acc[h][m]);
+          if (HI)
+            acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xs[m][b].d2)), _mm256_cvtepi32_ps(isum2[m]),
+                                        acc[h][m]);
+        }
       }
     }
   }

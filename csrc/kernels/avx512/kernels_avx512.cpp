@@ -56,58 +56,67 @@ inline void prefetch_ahead(const uint8_t* q, int bytes) {
 }
 
 // One 16-row panel of a 4-bit format against MT activation rows; the decode hot loop.
+// Chunks (panel.h) in address order: CB blocks' codes, then their groups' scale records.
 template <Format F, int MT, bool HI>
 void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
               float* const* ys, int rows) {
   constexpr int G = q4_group_size(F);
-  constexpr int SUB = G ? G / QK : 1;
+  constexpr int SUB = panel_group_blocks(F), CB = panel_chunk_blocks(F);
+  constexpr int RB = panel_record_bytes(F);
+  constexpr int PER = panel_chunk_bytes(F) / CB;  // stream bytes per block
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[MT];
   for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* q = panel + b * 256;
-    const int64_t g = b / SUB;
-    prefetch_ahead(q, 256);
-    __m512i isum[MT], isum2[MT];
+  for (int64_t c0 = 0; c0 < nb; c0 += CB) {
+    const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
+    const int nbc = L.blocks_in_chunk(c0);
+    const uint8_t* records = chunk + nbc * 256;
+    for (int bi = 0; bi < nbc; ++bi) {
+      const int64_t b = c0 + bi;
+      const uint8_t* q = chunk + bi * 256;
+      prefetch_ahead(chunk + bi * PER, PER);  // the block's share of the chunk's lines
+      const uint8_t* rec = records + bi / SUB * RB;
+      __m512i isum[MT], isum2[MT];
 #pragma GCC unroll 4
-    for (int m = 0; m < MT; ++m) isum[m] = isum2[m] = _mm512_setzero_si512();
+      for (int m = 0; m < MT; ++m) isum[m] = isum2[m] = _mm512_setzero_si512();
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
-      const __m512i raw = _mm512_loadu_si512((const void*)(q + v * 64));
-      const __m512i lo = _mm512_and_si512(raw, low4);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+      for (int v = 0; v < 4; ++v) {
+        const __m512i raw = _mm512_loadu_si512((const void*)(q + v * 64));
+        const __m512i lo = _mm512_and_si512(raw, low4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
 #pragma GCC unroll 4
-      for (int m = 0; m < MT; ++m) {
-        const int32_t* xw = (const int32_t*)xs[m][b].qs;
-        isum[m] = _mm512_dpbusd_epi32(isum[m], lo, _mm512_set1_epi32(xw[v]));
-        isum[m] = _mm512_dpbusd_epi32(isum[m], hi, _mm512_set1_epi32(xw[4 + v]));
-        if (HI) {
-          const int32_t* rw = (const int32_t*)xs[m][b].r;
-          isum2[m] = _mm512_dpbusd_epi32(isum2[m], lo, _mm512_set1_epi32(rw[v]));
-          isum2[m] = _mm512_dpbusd_epi32(isum2[m], hi, _mm512_set1_epi32(rw[4 + v]));
+        for (int m = 0; m < MT; ++m) {
+          const int32_t* xw = (const int32_t*)xs[m][b].qs;
+          isum[m] = _mm512_dpbusd_epi32(isum[m], lo, _mm512_set1_epi32(xw[v]));
+          isum[m] = _mm512_dpbusd_epi32(isum[m], hi, _mm512_set1_epi32(xw[4 + v]));
+          if (HI) {
+            const int32_t* rw = (const int32_t*)xs[m][b].r;
+            isum2[m] = _mm512_dpbusd_epi32(isum2[m], lo, _mm512_set1_epi32(rw[v]));
+            isum2[m] = _mm512_dpbusd_epi32(isum2[m], hi, _mm512_set1_epi32(rw[4 + v]));
+          }
         }
       }
-    }
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(panel + L.d_offset + g * 32)));
+      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)rec));
 #pragma GCC unroll 4
-    for (int m = 0; m < MT; ++m) {
-      const block_q8_act& a = xs[m][b];
-      __m512i is = isum[m], is2 = isum2[m];
-      if (F == Format::Q4_0) {
-        is = _mm512_sub_epi32(is, _mm512_set1_epi32(8 * a.s));
-        if (HI) is2 = _mm512_sub_epi32(is2, _mm512_set1_epi32(8 * a.s2));
-      }
-      if (G) {
-        const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(panel + L.z_offset + g * 16)));
-        is = _mm512_sub_epi32(is, _mm512_mullo_epi32(z, _mm512_set1_epi32(a.s)));
-        if (HI) is2 = _mm512_sub_epi32(is2, _mm512_mullo_epi32(z, _mm512_set1_epi32(a.s2)));
-      }
-      acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a.d)), _mm512_cvtepi32_ps(is), acc[m]);
-      if (HI) acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a.d2)), _mm512_cvtepi32_ps(is2), acc[m]);
-      if (F == Format::Q4_1) {
-        const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(panel + L.m_offset + g * 32)));
-        acc[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a.d * (float)a.s), acc[m]);
-        if (HI) acc[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a.d2 * (float)a.s2), acc[m]);
+      for (int m = 0; m < MT; ++m) {
+        const block_q8_act& a = xs[m][b];
+        __m512i is = isum[m], is2 = isum2[m];
+        if (F == Format::Q4_0) {
+          is = _mm512_sub_epi32(is, _mm512_set1_epi32(8 * a.s));
+          if (HI) is2 = _mm512_sub_epi32(is2, _mm512_set1_epi32(8 * a.s2));
+        }
+        if (G) {
+          const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(rec + 32)));
+          is = _mm512_sub_epi32(is, _mm512_mullo_epi32(z, _mm512_set1_epi32(a.s)));
+          if (HI) is2 = _mm512_sub_epi32(is2, _mm512_mullo_epi32(z, _mm512_set1_epi32(a.s2)));
+        }
+        acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a.d)), _mm512_cvtepi32_ps(is), acc[m]);
+        if (HI) acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a.d2)), _mm512_cvtepi32_ps(is2), acc[m]);
+        if (F == Format::Q4_1) {
+          const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32)));
+          acc[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a.d * (float)a.s), acc[m]);
+          if (HI) acc[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(a.d2 * (float)a.s2), acc[m]);
+        }
       }
     }
   }
@@ -117,32 +126,39 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
 template <int MT, bool HI>
 void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
               float* const* ys, int rows) {
+  constexpr int CB = panel_chunk_blocks(Format::Q8_0);
+  constexpr int PER = panel_chunk_bytes(Format::Q8_0) / CB;
   const __m512i bias = _mm512_set1_epi8((char)0x80);
   __m512 acc[MT];
   for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* q = panel + b * 512;
-    prefetch_ahead(q, 512);
-    __m512i isum[MT], isum2[MT];
+  for (int64_t c0 = 0; c0 < nb; c0 += CB) {
+    const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
+    const int nbc = L.blocks_in_chunk(c0);
+    for (int bi = 0; bi < nbc; ++bi) {
+      const int64_t b = c0 + bi;
+      const uint8_t* q = chunk + bi * 512;
+      prefetch_ahead(chunk + bi * PER, PER);
+      __m512i isum[MT], isum2[MT];
 #pragma GCC unroll 4
-    for (int m = 0; m < MT; ++m) isum[m] = isum2[m] = _mm512_setzero_si512();
+      for (int m = 0; m < MT; ++m) isum[m] = isum2[m] = _mm512_setzero_si512();
 #pragma GCC unroll 8
-    for (int v = 0; v < 8; ++v) {
-      // vpdpbusd wants u8 × s8: w ^ 0x80 = w + 128 as unsigned; the extra 128·Σx is
-      // removed exactly below with the block's activation sum.
-      const __m512i w = _mm512_xor_si512(_mm512_loadu_si512((const void*)(q + v * 64)), bias);
-      for (int m = 0; m < MT; ++m) {
-        isum[m] = _mm512_dpbusd_epi32(isum[m], w, _mm512_set1_epi32(((const int32_t*)xs[m][b].qs)[v]));
-        if (HI) isum2[m] = _mm512_dpbusd_epi32(isum2[m], w, _mm512_set1_epi32(((const int32_t*)xs[m][b].r)[v]));
+      for (int v = 0; v < 8; ++v) {
+        // vpdpbusd wants u8 × s8: w ^ 0x80 = w + 128 as unsigned; the extra 128·Σx is
+        // removed exactly below with the block's activation sum.
+        const __m512i w = _mm512_xor_si512(_mm512_loadu_si512((const void*)(q + v * 64)), bias);
+        for (int m = 0; m < MT; ++m) {
+          isum[m] = _mm512_dpbusd_epi32(isum[m], w, _mm512_set1_epi32(((const int32_t*)xs[m][b].qs)[v]));
+          if (HI) isum2[m] = _mm512_dpbusd_epi32(isum2[m], w, _mm512_set1_epi32(((const int32_t*)xs[m][b].r)[v]));
+        }
       }
-    }
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(panel + L.d_offset + b * 32)));
-    for (int m = 0; m < MT; ++m) {
-      const __m512i is = _mm512_sub_epi32(isum[m], _mm512_set1_epi32(128 * xs[m][b].s));
-      acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xs[m][b].d)), _mm512_cvtepi32_ps(is), acc[m]);
-      if (HI) {
-        const __m512i is2 = _mm512_sub_epi32(isum2[m], _mm512_set1_epi32(128 * xs[m][b].s2));
-        acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xs[m][b].d2)), _mm512_cvtepi32_ps(is2), acc[m]);
+      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(chunk + nbc * 512 + bi * 32)));
+      for (int m = 0; m < MT; ++m) {
+        const __m512i is = _mm512_sub_epi32(isum[m], _mm512_set1_epi32(128 * xs[m][b].s));
+        acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xs[m][b].d)), _mm512_cvtepi32_ps(is), acc[m]);
+        if (HI) {
+          const __m512i is2 = _mm512_sub_epi32(isum2[m], _mm512_set1_epi32(128 * xs[m][b].s2));
+          acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xs[m][b].d2)), _mm512_cvtepi32_ps(is2), acc[m]);
+        }
       }
     }
   }
