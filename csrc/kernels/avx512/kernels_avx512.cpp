@@ -50,18 +50,15 @@ inline void store_rows(float* y, __m512 v, int rows) {
 #define LINLY_AVX512_PREFETCH_BYTES 4096
 #endif
 constexpr int kPrefetchBytes = LINLY_AVX512_PREFETCH_BYTES;
-inline void prefetch_ahead(const uint8_t* q, int bytes) {
-  if (kPrefetchBytes == 0) return;
-  for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), _MM_HINT_T0);
-}
-
 // Dense (f32/f16/bf16) decode reads each row's weights once, as one long stream: on Zen 4
 // the panels' L1 prefetch 4 KiB ahead held f16 decode of a 1.1B model at 46-52 % of the
 // read bandwidth, while an L2 prefetch 8 KiB ahead reached 74-100 % (1.6x tokens/s at 1
 // and at 2 threads; 16 KiB, T2, no prefetch and 256-bit loads all lost; benchmarks/NOTES.md).
 constexpr int kDensePrefetchBytes = 8192;
-inline void prefetch_dense_ahead(const uint8_t* q, int bytes) {
-  for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char*)(q + kDensePrefetchBytes + o), _MM_HINT_T1);
+template <int Ahead = kPrefetchBytes, enum _mm_hint Hint = _MM_HINT_T0>
+inline void prefetch_ahead(const uint8_t* q, int bytes) {
+  if (Ahead == 0) return;
+  for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char*)(q + Ahead + o), Hint);
 }
 
 // One 16-row panel of a 4-bit format against MT activation rows; the decode hot loop.
@@ -206,16 +203,6 @@ inline __m512 load16(Format f, const uint8_t* w, int64_t i, __mmask16 mask) {
   }
 }
 
-inline __m512 load16_full(Format f, const uint8_t* w, int64_t i) {
-  switch (f) {
-    case Format::F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)((const uint16_t*)w + i)));
-    case Format::BF16:
-      return _mm512_castsi512_ps(
-          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)((const uint16_t*)w + i))), 16));
-    default: return _mm512_loadu_ps((const float*)w + i);
-  }
-}
-
 // Dense weights, one row at a time: a thread's rows are contiguous, so the whole range is
 // one sequential stream, which is what the hardware prefetchers follow best (four rows
 // side by side made four 4 KiB streams, each too short for them to lock on: 12 GB/s of
@@ -230,10 +217,10 @@ void dense_row(const uint8_t* w, const float* x, int64_t k, float* y, int64_t ld
   int64_t i = 0;
   constexpr int64_t wbytes = F == Format::F32 ? 4 : 2;  // per weight
   for (; i + 16 * U <= k; i += 16 * U) {
-    if (MT == 1) prefetch_dense_ahead(w + i * wbytes, 16 * U * wbytes);
+    if (MT == 1) prefetch_ahead<kDensePrefetchBytes, _MM_HINT_T1>(w + i * wbytes, 16 * U * wbytes);
 #pragma GCC unroll 4
     for (int u = 0; u < U; ++u) {
-      const __m512 wv = load16_full(F, w, i + 16 * u);
+      const __m512 wv = load16(F, w, i + 16 * u, (__mmask16)0xffff);
 #pragma GCC unroll 4
       for (int m = 0; m < MT; ++m) acc[m][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + m * k + i + 16 * u), acc[m][u]);
     }
