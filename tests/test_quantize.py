@@ -54,10 +54,11 @@ def test_q4_1_bound(gaussian):
 
 
 def test_q8_0_bound(gaussian):
-    # d = amax/127: rounding d/2, plus f16 rounding of d times at most 127 codes.
+    # d is searched in [1, 1.25]·amax/127 (no code clips): rounding d/2, plus f16
+    # rounding of d times at most 127 codes.
     err, wb = err_blocks(gaussian, "q8_0", 32)
-    amax = np.abs(wb).max(-1, keepdims=True)
-    assert np.all(err <= amax / 254 + 127 * f16_err(amax / 127) + 1e-12)
+    dmax = 1.25 * np.abs(wb).max(-1, keepdims=True) / 127
+    assert np.all(err <= dmax / 2 + 127 * f16_err(dmax) + 1e-12)
 
 
 @pytest.mark.parametrize("g", [32, 64, 128])
@@ -114,5 +115,10 @@ def test_layout_is_gguf_compatible(fmt, gaussian):
     theirs = np.ascontiguousarray(gguf.quants.quantize(gaussian, qt)).view(np.uint8).reshape(64, -1)
     np.testing.assert_array_equal(le.dequantize(theirs, fmt, gaussian.shape[1]),
                                   gguf.quants.dequantize(theirs, qt).reshape(gaussian.shape))
-    # and the quantisers themselves agree on all but rounding ties
-    assert np.mean(theirs == ours) > 0.999
+    if fmt == "q8_0":
+        # ours searches the block scale for the least squared error: never worse than
+        # gguf-py's amax/127 on any block, better overall
+        sq = lambda b: ((le.dequantize(b, fmt, gaussian.shape[1]) - gaussian) ** 2).reshape(-1, 32).sum(1)
+        assert np.all(sq(ours) <= sq(theirs) * (1 + 1e-6)) and sq(ours).sum() < 0.99 * sq(theirs).sum()
+    else:  # the same rounding, so the quantisers agree on all but rounding ties
+        assert np.mean(theirs == ours) > 0.999

@@ -44,14 +44,37 @@ void quantize_q4_1(const float* x, block_q4_1* y, int64_t nb) {
   }
 }
 
+// The scale is chosen by least squared error over a grid from 1.00 to 1.25 times
+// amax/127 (the reference scale first), each candidate rounded to f16 first
+// so the error measured is the error stored. A scale a little above amax/127 often lines
+// the 255 levels up with the values better than the extreme does; that halves the error
+// of weights that were themselves quantised (a Q4_1 GGUF re-quantised to q8_0) and cuts
+// it by a few per cent on plain f32 weights. Never below amax/127, so no code clips and
+// the worst error stays within half a (slightly wider) step. The bytes stay plain Q8_0.
 void quantize_q8_0(const float* x, block_q8_0* y, int64_t nb) {
+  constexpr int kCandidates = 26;
   for (int64_t b = 0; b < nb; ++b, x += QK) {
     float amax = 0.0f;
     for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[j]));
-    const float d = amax / 127.0f;
+    uint16_t best_d16 = fp32_to_fp16(amax / 127.0f);
+    float best_err = INFINITY;
+    for (int c = 0; c < kCandidates; ++c) {
+      const float f = 1.0f + 0.01f * (float)c;
+      const uint16_t d16 = fp32_to_fp16(amax / 127.0f * f);
+      const float d = fp16_to_fp32(d16);
+      const float id = d != 0.0f ? 1.0f / d : 0.0f;
+      float err = 0.0f;
+      for (int j = 0; j < QK; ++j) {
+        const float q = std::clamp(std::nearbyint(x[j] * id), -127.0f, 127.0f);
+        const float e = x[j] - q * d;
+        err += e * e;
+      }
+      if (err < best_err) { best_err = err; best_d16 = d16; }
+    }
+    const float d = fp16_to_fp32(best_d16);
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = fp32_to_fp16(d);
-    for (int j = 0; j < QK; ++j) y[b].qs[j] = (int8_t)std::round(x[j] * id);
+    y[b].d = best_d16;
+    for (int j = 0; j < QK; ++j) y[b].qs[j] = (int8_t)std::clamp(std::nearbyint(x[j] * id), -127.0f, 127.0f);
   }
 }
 
