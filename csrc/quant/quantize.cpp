@@ -53,6 +53,7 @@ void quantize_q4_1(const float* x, block_q4_1* y, int64_t nb) {
 // the worst error stays within half a (slightly wider) step. The bytes stay plain Q8_0.
 void quantize_q8_0(const float* x, block_q8_0* y, int64_t nb) {
   constexpr int kCandidates = 26;
+  const auto code = [](float v, float id) { return std::clamp(std::nearbyint(v * id), -127.0f, 127.0f); };
   for (int64_t b = 0; b < nb; ++b, x += QK) {
     float amax = 0.0f;
     for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[j]));
@@ -65,8 +66,7 @@ void quantize_q8_0(const float* x, block_q8_0* y, int64_t nb) {
       const float id = d != 0.0f ? 1.0f / d : 0.0f;
       float err = 0.0f;
       for (int j = 0; j < QK; ++j) {
-        const float q = std::clamp(std::nearbyint(x[j] * id), -127.0f, 127.0f);
-        const float e = x[j] - q * d;
+        const float e = x[j] - code(x[j], id) * d;
         err += e * e;
       }
       if (err < best_err) { best_err = err; best_d16 = d16; }
@@ -74,7 +74,7 @@ void quantize_q8_0(const float* x, block_q8_0* y, int64_t nb) {
     const float d = fp16_to_fp32(best_d16);
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[b].d = best_d16;
-    for (int j = 0; j < QK; ++j) y[b].qs[j] = (int8_t)std::clamp(std::nearbyint(x[j] * id), -127.0f, 127.0f);
+    for (int j = 0; j < QK; ++j) y[b].qs[j] = (int8_t)code(x[j], id);
   }
 }
 
