@@ -107,5 +107,6 @@ def test_gguf_k_quants_are_converted_to_q8_0(tmp_path, qtype, block_bytes, scale
     want = gguf.quants.dequantize(raw, qt).reshape(n, k)
     amax = np.abs(want.reshape(n, -1, 32)).max(-1, keepdims=True)
     err = np.abs(t.to_f32().reshape(n, -1, 32) - want.reshape(n, -1, 32))
-    # the q8_0 step is searched up to 1.25·amax/127: half a step plus its f16 rounding
-    assert np.all(err <= 1.25 * (amax / 254 + amax * 2.0**-11) + 1e-9)
+    # the q8_0 step is searched up to amax/80 and codes round against the stored step:
+    # half a step, its f16 rounding and float slack well inside 2^-8
+    assert np.all(err <= amax / 160 * (1 + 2.0**-8) + 1e-9)

@@ -112,21 +112,42 @@ def test_greedy_text_equals_transformers(engine, reference, prompt, min_margin):
         assert ours[:7] == [504, 3575, 282, 4649, 314, 7042, 30]  # "The capital of France is Paris."
 
 
+Q8_QUESTIONS = ["What is the capital of France?", "Write a short poem about the sea.",
+                "Explain how a CPU cache works.", "Give me three tips for learning Python.",
+                "What causes rain?", "How do vaccines work?", "What is 17 times 23?",
+                "Describe a healthy breakfast."]
+
+
 def test_q8_0_agrees_with_f32_on_the_real_model():
     """Top-1 agreement of q8_0 (re-quantised from the file) against the engine's own f32,
-    teacher-forced over a generated continuation. Measured: 98.9 % over 636 positions of
-    four continuations (int8x2 activations), 97.8 % with int8 activations; the issue asks
-    for 99 %, which this 135M model does not quite reach, so the bound here is 97 %.
-    With the least-squares q8_0 scale: 98.7 % over 387 positions of one 350-token
-    continuation (amax/127 scale: 97.7 %)."""
+    teacher-forced over greedy continuations of eight chat prompts; a position (a prefix)
+    shared by several prompts, like the system prompt, counts once. Measured on Zen 4
+    (AVX-512) with the amax/k scale search: 756/763 (99.1 %) here; 99.0 % over 1356
+    positions of ten prompts with 120-token continuations; on one 350-token continuation
+    (387 positions) 99.5 %, where llama.cpp's amax/127 scale gave 97.7 %. The
+    disagreements are near-ties (the f32 logits of the two tokens differ by 0.001 to
+    0.07); the bound leaves room for a few to fall the other way under another ISA's
+    summation order."""
+    eng = le.Engine.load(GGUF)
     f32 = le.Model.load(GGUF, max_context=256, quant="f32")
     q8 = le.Model.load(GGUF, max_context=256, quant="q8_0")
-    ids = list(CHAT_PROMPT)
-    logits = f32.prefill(ids)
-    for _ in range(60):  # a continuation to score on
-        ids.append(int(np.argmax(logits)))
-        logits = f32.decode(ids[-1])
-    f32.reset()
-    a = f32.prefill(ids, all_logits=True).argmax(-1)
-    b = q8.prefill(ids, all_logits=True).argmax(-1)
-    assert (a == b).mean() >= 0.97
+    seen: set[tuple[int, ...]] = set()
+    agree = total = 0
+    for question in Q8_QUESTIONS:
+        ids = eng.chat_prompt([{"role": "user", "content": question}])
+        f32.reset()
+        logits = f32.prefill(ids)
+        for _ in range(80):  # a continuation to score on
+            ids.append(int(np.argmax(logits)))
+            logits = f32.decode(ids[-1])
+        f32.reset()
+        q8.reset()
+        a = f32.prefill(ids, all_logits=True).argmax(-1)
+        b = q8.prefill(ids, all_logits=True).argmax(-1)
+        for i in range(len(ids)):
+            if tuple(ids[:i + 1]) not in seen:
+                seen.add(tuple(ids[:i + 1]))
+                total += 1
+                agree += int(a[i] == b[i])
+    assert total > 700
+    assert agree / total >= 0.985, f"{agree}/{total}"

@@ -141,8 +141,8 @@ void bind_quant(py::module_& m) {
     if (cache == "q8_0") {
       if (hd % QK != 0) throw py::value_error("a q8_0 cache needs hd % 32 == 0, got hd = " + std::to_string(hd));
       std::vector<block_q8_0> kq((size_t)(len * hd / QK)), vq(kq.size());
-      quantize_row(Format::Q8_0, kp, kq.data(), len * hd);
-      quantize_row(Format::Q8_0, vp, vq.data(), len * hd);
+      quantize_row_q8_0_amax(kp, kq.data(), len * hd);
+      quantize_row_q8_0_amax(vp, vq.data(), len * hd);
       kt.attn_scores_q8(qp, kq.data(), hd / QK, len, hd, scale, scores.data());
       kt.softmax(scores.data(), len);
       kt.attn_mix_q8(scores.data(), vq.data(), hd / QK, len, hd, out.mutable_data());

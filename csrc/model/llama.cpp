@@ -226,8 +226,8 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
         std::copy(k, k + kv_dim_, k_f32_.data() + off);
         std::copy(v, v + kv_dim_, v_f32_.data() + off);
       } else if (kv_type_ == KvCacheType::Q8_0) {
-        quantize_row(Format::Q8_0, k, k_q8_.data() + off / QK, kv_dim_);
-        quantize_row(Format::Q8_0, v, v_q8_.data() + off / QK, kv_dim_);
+        quantize_row_q8_0_amax(k, k_q8_.data() + off / QK, kv_dim_);
+        quantize_row_q8_0_amax(v, v_q8_.data() + off / QK, kv_dim_);
       } else {
         for (int64_t i = 0; i < kv_dim_; ++i) {
           k_f16_[off + i] = fp32_to_fp16(k[i]);

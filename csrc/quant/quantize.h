@@ -12,6 +12,11 @@ void quantize_row(Format f, const float* x, void* y, int64_t k);
 // x: row_bytes(f, k) bytes -> y: [k] f32.
 void dequantize_row(Format f, const void* x, float* y, int64_t k);
 
+// q8_0 with llama.cpp's scale, d = amax/127, no search: for the q8_0 KV cache, written
+// once per token inside the decode step, where quantize_row's scale search (48 candidate
+// steps per block) would cost more time than its smaller error is worth. k % 32 == 0.
+void quantize_row_q8_0_amax(const float* x, block_q8_0* y, int64_t k);
+
 // Activations for the integer kernels: per block of 32, d = amax/127, q = rint(x/d)
 // (round-to-nearest-even, as cvtps2dq does), s = Σq. Every ISA's version must produce
 // exactly these bytes; tests check that.
