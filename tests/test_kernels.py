@@ -259,3 +259,40 @@ def test_attention_kernels_match_reference(isa, hd, length, cache, rng):
         np.testing.assert_allclose(ref, exact, atol=0.05 * np.abs(v).max())
     if cache == "f32":  # and the reference means softmax(q·kᵀ/√hd)·v
         np.testing.assert_allclose(ref, (p / p.sum()) @ v, rtol=1e-5, atol=1e-6)
+
+
+SHARED_GROUPS = [
+    [("q4_0", 37), ("q8_0", 5), ("q4_1", 49)],    # odd rows: partial panels in the middle
+    [("f16", 129), ("q4_0", 16), ("bf16", 3)],    # dense and integer in one job
+    [("q4_g32", 33), ("q4_g32", 1)],
+    [("f32", 7), ("f16", 2), ("q8_0", 17), ("q4_1", 31)],
+]
+
+
+@pytest.mark.parametrize("activations", ["int8", "int8x2", "f32"])
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("group", range(len(SHARED_GROUPS)))
+def test_shared_input_matmul_equals_one_by_one(group, isa, nthreads, activations, threads):
+    """The decoder's Q/K/V and gate/up run as one job split by weight bytes across the
+    matrices; each matrix's rows must come out bit-identical to its own matmul."""
+    le.set_num_threads(nthreads)
+    rng = np.random.default_rng(group)
+    k = 96  # three blocks: not a multiple of the panels' chunk
+    mats = [le.PackedMatrix(le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt), fmt, k, isa=isa)
+            for fmt, n in SHARED_GROUPS[group]]
+    for m in (1, 3, 17):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        got = _C.matmul_shared_input(mats, x, activations)
+        for mat, y in zip(mats, got):
+            assert y.shape == (m, mat.n)
+            np.testing.assert_array_equal(y, mat.matmul(x, activations=activations))
+
+
+def test_shared_input_matmul_rejects_mismatched_k():
+    a = le.PackedMatrix(le.quantize(np.ones((4, 64), np.float32), "q8_0"), "q8_0", 64)
+    b = le.PackedMatrix(le.quantize(np.ones((4, 96), np.float32), "q8_0"), "q8_0", 96)
+    with pytest.raises(ValueError, match="all matrices need k"):
+        _C.matmul_shared_input([a, b], np.ones((1, 64), np.float32))
+    with pytest.raises(ValueError, match="1 to 4 matrices"):
+        _C.matmul_shared_input([], np.ones((1, 64), np.float32))

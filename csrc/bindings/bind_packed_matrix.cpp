@@ -37,15 +37,45 @@ std::unique_ptr<PyPackedMatrix> PyPackedMatrix::from_panels(py::array panels, co
   return p;
 }
 
-py::array PyPackedMatrix::matmul(const py::array& x, bool precise, const py::object& activations) const {
-  Activations act = precise ? Activations::Int8x2 : Activations::Int8;
-  if (!activations.is_none()) {
-    const std::string name = py::str(activations);
-    if (name == "int8") act = Activations::Int8;
-    else if (name == "int8x2") act = Activations::Int8x2;
-    else if (name == "f32") act = Activations::F32;
-    else throw py::value_error("unknown activations '" + name + "': choose 'int8', 'int8x2' or 'f32'");
+namespace {
+Activations parse_activations(const py::object& activations, bool precise) {
+  if (activations.is_none()) return precise ? Activations::Int8x2 : Activations::Int8;
+  const std::string name = py::str(activations);
+  if (name == "int8") return Activations::Int8;
+  if (name == "int8x2") return Activations::Int8x2;
+  if (name == "f32") return Activations::F32;
+  throw py::value_error("unknown activations '" + name + "': choose 'int8', 'int8x2' or 'f32'");
+}
+
+py::list matmul_shared_input_np(const std::vector<const PyPackedMatrix*>& mats, const py::array& x,
+                                const py::object& activations) {
+  const Activations act = parse_activations(activations, false);
+  if (mats.empty() || mats.size() > 4) throw py::value_error("give 1 to 4 matrices, got " + std::to_string(mats.size()));
+  require_f32(x, "x", 2, 2);
+  const int64_t m = x.shape(0), k = x.shape(1);
+  std::vector<const PackedMatrix*> ws;
+  std::vector<py::array_t<float>> outs;
+  std::vector<float*> ys;
+  for (const PyPackedMatrix* p : mats) {
+    if (p->mat->k() != k)
+      throw py::value_error("x has shape " + shape_str(x) + " but a matrix is [n=" + std::to_string(p->mat->n()) +
+                            ", k=" + std::to_string(p->mat->k()) + "]: all matrices need k = x.shape[1]");
+    ws.push_back(p->mat.get());
+    outs.emplace_back(std::vector<py::ssize_t>{(py::ssize_t)m, (py::ssize_t)p->mat->n()});
+    ys.push_back(outs.back().mutable_data());
   }
+  if (m > 0) {
+    py::gil_scoped_release nogil;
+    matmul_shared_input(ws.data(), ys.data(), (int)ws.size(), static_cast<const float*>(x.data()), m, act);
+  }
+  py::list result;
+  for (auto& o : outs) result.append(std::move(o));
+  return result;
+}
+}  // namespace
+
+py::array PyPackedMatrix::matmul(const py::array& x, bool precise, const py::object& activations) const {
+  const Activations act = parse_activations(activations, precise);
   require_f32(x, "x", 1, 2);
   const int64_t k = mat->k(), n = mat->n();
   const int64_t xk = x.shape(x.ndim() - 1);
@@ -65,6 +95,10 @@ py::array PyPackedMatrix::matmul(const py::array& x, bool precise, const py::obj
 }
 
 void bind_packed_matrix(py::module_& m) {
+  m.def("matmul_shared_input", &matmul_shared_input_np, py::arg("mats"), py::arg("x"),
+        py::arg("activations") = py::none(),
+        "[x · W_iᵀ for W_i in mats] as one pool job (the decoder's Q/K/V and gate/up): mats share k; "
+        "x: float32 [m, k]; activations as PackedMatrix.matmul (default 'int8'). Releases the GIL.");
   py::class_<PyPackedMatrix>(m, "PackedMatrix",
                              "A weight matrix W [n, k] in a quantised or dense format; matmul(x) = x · Wᵀ.")
       .def(py::init<py::array, const std::string&, int64_t, const py::object&>(), py::arg("data"), py::arg("fmt"),

@@ -1,5 +1,6 @@
 #include "core/packed_matrix.h"
 
+#include <cmath>
 #include <vector>
 
 #include "quant/panel.h"
@@ -109,6 +110,69 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) 
   a.xq = scratch.data();
   a.x = nullptr;
   global_pool()->parallel_for(units, [&](int64_t b, int64_t e) { kt->matmul(a, b, e); });
+}
+
+MatmulArgs PackedMatrix::args(const float* x, const block_q8_act* xq, int64_t m, float* y, Activations act) const {
+  return MatmulArgs{fmt_, panels_ ? panels_ : plain_, panels_ != nullptr, n_, k_, m, x, xq, y,
+                    act == Activations::Int8x2};
+}
+
+int64_t PackedMatrix::units() const { return panels_ ? panel_count(n_) : n_; }
+
+void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int count, const float* x, int64_t m,
+                         Activations act) {
+  constexpr int kMaxShared = 4;
+  bool together = count >= 2 && count <= kMaxShared;
+  for (int i = 0; i < count && together; ++i)
+    together = ws[i]->input_order().empty() && &ws[i]->kernels() == &ws[0]->kernels() && ws[i]->k() == ws[0]->k();
+  if (!together) {
+    for (int i = 0; i < count; ++i) ws[i]->matmul(x, m, ys[i], act);
+    return;
+  }
+  const KernelTable& kt = ws[0]->kernels();
+  const int64_t k = ws[0]->k();
+  bool any_integer = false;
+  for (int i = 0; i < count; ++i) any_integer |= format_info(ws[i]->format()).integer_path;
+  thread_local std::vector<block_q8_act> scratch;  // only grows: no allocation per token
+  const block_q8_act* xq = nullptr;
+  if (any_integer && act != Activations::F32) {
+    if (scratch.size() < (size_t)(m * (k / QK))) scratch.resize((size_t)(m * (k / QK)));
+    quantize_activations(kt, x, m, k, scratch.data());
+    xq = scratch.data();
+  }
+  struct Part {
+    MatmulArgs args;
+    void (*run)(const MatmulArgs&, int64_t, int64_t);
+    int64_t units;
+    double first_byte, unit_bytes;  // where it starts in the job's weight bytes, a unit's share
+  } parts[kMaxShared];
+  double total = 0;
+  for (int i = 0; i < count; ++i) {
+    const PackedMatrix& w = *ws[i];
+    // as PackedMatrix::matmul: F32 activations take the f32 kernel; otherwise dense
+    // formats multiply x and integer ones the quantised blocks
+    const bool integer = format_info(w.format()).integer_path && act != Activations::F32;
+    parts[i].args = w.args(integer ? nullptr : x, integer ? xq : nullptr, m, ys[i], act);
+    parts[i].run = act == Activations::F32 ? kt.matmul_f32 : kt.matmul;
+    parts[i].units = w.units();
+    parts[i].first_byte = total;
+    parts[i].unit_bytes = (double)w.weight_bytes() / (double)w.units();
+    total += (double)w.weight_bytes();
+  }
+  // Chunk c of nc covers bytes [c, c+1) · total/nc; unit u of part i belongs to the chunk
+  // its first byte falls in, so the chunks tile every part exactly.
+  const int nc = global_pool()->size();
+  const auto first_unit = [&](const Part& p, int c) {
+    const double at = total * c / nc - p.first_byte;
+    const int64_t u = at <= 0 ? 0 : (int64_t)std::ceil(at / p.unit_bytes);
+    return u < p.units ? u : p.units;
+  };
+  global_pool()->parallel_for(nc, [&](int64_t c0, int64_t c1) {
+    for (int i = 0; i < count; ++i) {
+      const int64_t b = first_unit(parts[i], (int)c0), e = first_unit(parts[i], (int)c1);
+      if (b < e) parts[i].run(parts[i].args, b, e);
+    }
+  });
 }
 
 }  // namespace linly

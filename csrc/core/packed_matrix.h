@@ -45,6 +45,10 @@ class PackedMatrix {
   bool copied() const { return owned_.size() > 0; }
   // Bytes a matmul streams from memory.
   int64_t weight_bytes() const;
+  // What the kernels iterate over: panels when the matrix has them, rows otherwise.
+  int64_t units() const;
+  // A kernel call's arguments for this matrix (x: dense and f32 kernels, xq: integer).
+  MatmulArgs args(const float* x, const block_q8_act* xq, int64_t m, float* y, Activations act) const;
 
  private:
   void dequantize_stored_row(int64_t r, float* out) const;  // columns in stored order
@@ -57,6 +61,14 @@ class PackedMatrix {
   AlignedBuffer owned_;              // the converted copy, if one was needed
   std::vector<int32_t> input_order_; // [k] or empty (inputs in order)
 };
+
+// y_i = x · W_iᵀ for several matrices that read the same input x [m, k] (Q, K and V; gate
+// and up), as one pool job: one activation quantisation and one barrier instead of one
+// each, and each thread's share is one contiguous run across the matrices, split by
+// weight bytes, so the streams stay long and the threads' loads even. ys[i]: [m, n_i].
+// Matrices with an input order, with other kernels or a different k run one by one.
+void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int count, const float* x, int64_t m,
+                         Activations act);
 
 // Quantises x [m, k] into activation blocks [m, k/32], split over the pool by rows.
 void quantize_activations(const KernelTable& kt, const float* x, int64_t m, int64_t k, block_q8_act* out);

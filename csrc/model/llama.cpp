@@ -183,6 +183,31 @@ void LlamaModel::matmul_rows(const PackedMatrix& w, const float* x, int64_t n, i
   if (n > n_f32) w.matmul(x + n_f32 * w.k(), n - n_f32, y + n_f32 * w.n(), precise_ ? Activations::Int8x2 : Activations::Int8);
 }
 
+void LlamaModel::matmul_rows_shared(std::initializer_list<const PackedMatrix*> ws, std::initializer_list<float*> ys,
+                                    const float* x, int64_t n, int64_t n_prompt) const {
+  const PackedMatrix* const* w = ws.begin();
+  float* const* y = ys.begin();
+  const int count = (int)ws.size();
+  const auto prompt_rows_in_f32 = [&](const PackedMatrix& m) {
+    const bool integer = format_info(m.format()).integer_path;
+    return (integer ? precise_ && kt_->f32_prompts : kt_->dense_prompts) ? n_prompt : 0;
+  };
+  const int64_t n_f32 = prompt_rows_in_f32(*w[0]);
+  for (int i = 1; i < count; ++i) {
+    if (prompt_rows_in_f32(*w[i]) != n_f32) {  // the matrices split the rows differently
+      for (int j = 0; j < count; ++j) matmul_rows(*w[j], x, n, n_prompt, y[j]);
+      return;
+    }
+  }
+  if (n_f32 > 0) matmul_shared_input(w, y, count, x, n_f32, Activations::F32);
+  if (n > n_f32) {
+    float* rest[4];
+    for (int i = 0; i < count; ++i) rest[i] = y[i] + n_f32 * w[i]->n();
+    matmul_shared_input(w, rest, count, x + n_f32 * w[0]->k(), n - n_f32,
+                        precise_ ? Activations::Int8x2 : Activations::Int8);
+  }
+}
+
 void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits,
                                  float* logits) {
   int64_t n = 0, n_prompt = 0;  // rows in all; of them, leading prompt rows (segment_is_prompt)
@@ -208,9 +233,7 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
     const LayerWeights& L = w_.layers[l];
     // --- attention block ---
     for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.attn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
-    matmul_rows(*L.wq, h_.data(), n, n_prompt, q_.data());
-    matmul_rows(*L.wk, h_.data(), n, n_prompt, k_.data());
-    matmul_rows(*L.wv, h_.data(), n, n_prompt, v_.data());
+    matmul_rows_shared({L.wq, L.wk, L.wv}, {q_.data(), k_.data(), v_.data()}, h_.data(), n, n_prompt);
     for (int64_t t = 0; t < n; ++t) {
       float* q = q_.data() + t * q_dim_;
       float* k = k_.data() + t * kv_dim_;
@@ -240,8 +263,7 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
     // --- SwiGLU MLP block ---
     for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.ffn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
-    matmul_rows(*L.w_gate, h_.data(), n, n_prompt, gate_.data());
-    matmul_rows(*L.w_up, h_.data(), n, n_prompt, up_.data());
+    matmul_rows_shared({L.w_gate, L.w_up}, {gate_.data(), up_.data()}, h_.data(), n, n_prompt);
     for (int64_t i = 0; i < n * ffn; ++i) {
       const float g = gate_[i];
       gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];

@@ -3,6 +3,7 @@
 // One call runs a whole prefill or decode step; Python never loops over layers.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "core/packed_matrix.h"
@@ -79,6 +80,9 @@ class LlamaModel {
   void forward_grouped(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits, float* logits);
   // y = x · Wᵀ for n rows, the first n_prompt of them prompt rows (segment_is_prompt).
   void matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_prompt, float* y) const;
+  // matmul_rows for matrices that read the same x (at most 4): one pool job per row split.
+  void matmul_rows_shared(std::initializer_list<const PackedMatrix*> ws, std::initializer_list<float*> ys,
+                          const float* x, int64_t n, int64_t n_prompt) const;
   // Element offset of (slot, layer, position) in the K or V cache.
   size_t kv_offset(int64_t slot, int64_t layer, int64_t p) const {
     return (size_t)(((slot * cfg_.n_layers + layer) * cfg_.max_context + p) * kv_dim_);
