@@ -5,6 +5,7 @@ grandchild that keeps a pipe open cannot block the test after its parent is gone
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import tempfile
@@ -66,6 +67,12 @@ def kill_tree_when(proc: subprocess.Popen, ready, timeout: float = 240) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end and proc.poll() is None:
         if ready():
+            # Freeze it first: listing its descendants takes milliseconds, long enough for
+            # a small write to finish and be renamed into place before the SIGKILL lands.
+            try:
+                os.kill(proc.pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
             kill_tree(proc)
             return True
         time.sleep(0.001)
