@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers needs it to read GGUF
 
 import linly_engine as le  # noqa: E402
+from linly_engine.engine import common_prefix, load_model_and_tokenizer  # noqa: E402
 
 # "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging
 # Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n
@@ -128,10 +129,10 @@ def test_q8_0_agrees_with_f32_on_the_real_model():
     disagreements are near-ties (the f32 logits of the two tokens differ by 0.001 to
     0.07); the bound leaves room for a few to fall the other way under another ISA's
     summation order."""
-    eng = le.Engine.load(GGUF)
-    f32 = le.Model.load(GGUF, max_context=256, quant="f32")
+    eng = le.Engine(*load_model_and_tokenizer(GGUF, max_context=256, quant="f32"))
+    f32 = eng.model
     q8 = le.Model.load(GGUF, max_context=256, quant="q8_0")
-    seen: set[tuple[int, ...]] = set()
+    scored: list[list[int]] = []
     agree = total = 0
     for question in Q8_QUESTIONS:
         ids = eng.chat_prompt([{"role": "user", "content": question}])
@@ -144,10 +145,9 @@ def test_q8_0_agrees_with_f32_on_the_real_model():
         q8.reset()
         a = f32.prefill(ids, all_logits=True).argmax(-1)
         b = q8.prefill(ids, all_logits=True).argmax(-1)
-        for i in range(len(ids)):
-            if tuple(ids[:i + 1]) not in seen:
-                seen.add(tuple(ids[:i + 1]))
-                total += 1
-                agree += int(a[i] == b[i])
+        new = max((common_prefix(ids, earlier) for earlier in scored), default=0)  # positions scored already
+        total += len(ids) - new
+        agree += int((a[new:] == b[new:]).sum())
+        scored.append(ids)
     assert total > 700
     assert agree / total >= 0.985, f"{agree}/{total}"

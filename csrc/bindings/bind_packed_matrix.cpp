@@ -50,7 +50,8 @@ Activations parse_activations(const py::object& activations, bool precise) {
 py::list matmul_shared_input_np(const std::vector<const PyPackedMatrix*>& mats, const py::array& x,
                                 const py::object& activations) {
   const Activations act = parse_activations(activations, false);
-  if (mats.empty() || mats.size() > 4) throw py::value_error("give 1 to 4 matrices, got " + std::to_string(mats.size()));
+  if (mats.empty() || mats.size() > (size_t)kMaxSharedInput)
+    throw py::value_error("give 1 to " + std::to_string(kMaxSharedInput) + " matrices, got " + std::to_string(mats.size()));
   require_f32(x, "x", 2, 2);
   const int64_t m = x.shape(0), k = x.shape(1);
   std::vector<const PackedMatrix*> ws;

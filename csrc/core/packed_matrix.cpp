@@ -83,6 +83,24 @@ std::string PackedMatrix::set_input_order(std::vector<int32_t> order) {
   return "";
 }
 
+namespace {
+// x [m, k] as activation blocks, in a per-thread scratch that only grows: no allocation
+// per token once the largest batch has been seen.
+const block_q8_act* quantized_input(const KernelTable& kt, const float* x, int64_t m, int64_t k) {
+  thread_local std::vector<block_q8_act> scratch;
+  const size_t need = (size_t)(m * (k / QK));
+  if (scratch.size() < need) scratch.resize(need);
+  quantize_activations(kt, x, m, k, scratch.data());
+  return scratch.data();
+}
+
+// Integer formats multiply quantised activation blocks unless F32 asks for the f32 prompt
+// kernel; dense formats multiply x in f32 either way.
+bool takes_quantized_input(Format f, Activations act) {
+  return format_info(f).integer_path && act != Activations::F32;
+}
+}  // namespace
+
 void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) const {
   thread_local std::vector<float> gathered;  // [m, k] inputs in stored column order
   if (!input_order_.empty()) {
@@ -91,25 +109,11 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) 
       for (int64_t j = 0; j < k_; ++j) gathered[(size_t)(i * k_ + j)] = x[i * k_ + input_order_[(size_t)j]];
     x = gathered.data();
   }
-  MatmulArgs a{fmt_, panels_ ? panels_ : plain_, panels_ != nullptr, n_, k_, m, x, nullptr, y,
-               act == Activations::Int8x2};
   const KernelTable* kt = kernels_;
-  const int64_t units = panels_ ? panel_count(n_) : n_;
-  if (!format_info(fmt_).integer_path || act == Activations::F32) {  // dense formats multiply in f32 anyway
-    // Dense: the same product either way; F32 asks for the prompt kernel (matmul_f32).
-    auto run = act == Activations::F32 ? kt->matmul_f32 : kt->matmul;
-    global_pool()->parallel_for(units, [&](int64_t b, int64_t e) { run(a, b, e); });
-    return;
-  }
-  // Activation blocks live in a per-thread scratch that only grows: no allocation per
-  // token once the largest batch has been seen.
-  thread_local std::vector<block_q8_act> scratch;
-  const size_t need = (size_t)(m * (k_ / QK));
-  if (scratch.size() < need) scratch.resize(need);
-  quantize_activations(*kernels_, x, m, k_, scratch.data());
-  a.xq = scratch.data();
-  a.x = nullptr;
-  global_pool()->parallel_for(units, [&](int64_t b, int64_t e) { kt->matmul(a, b, e); });
+  const bool quantized = takes_quantized_input(fmt_, act);
+  const MatmulArgs a = quantized ? args(nullptr, quantized_input(*kt, x, m, k_), m, y, act) : args(x, nullptr, m, y, act);
+  auto run = act == Activations::F32 ? kt->matmul_f32 : kt->matmul;
+  global_pool()->parallel_for(units(), [&](int64_t b, int64_t e) { run(a, b, e); });
 }
 
 MatmulArgs PackedMatrix::args(const float* x, const block_q8_act* xq, int64_t m, float* y, Activations act) const {
@@ -121,8 +125,7 @@ int64_t PackedMatrix::units() const { return panels_ ? panel_count(n_) : n_; }
 
 void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int count, const float* x, int64_t m,
                          Activations act) {
-  constexpr int kMaxShared = 4;
-  bool together = count >= 2 && count <= kMaxShared;
+  bool together = count >= 2 && count <= kMaxSharedInput;
   for (int i = 0; i < count && together; ++i)
     together = ws[i]->input_order().empty() && &ws[i]->kernels() == &ws[0]->kernels() && ws[i]->k() == ws[0]->k();
   if (!together) {
@@ -130,29 +133,20 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
     return;
   }
   const KernelTable& kt = ws[0]->kernels();
-  const int64_t k = ws[0]->k();
-  bool any_integer = false;
-  for (int i = 0; i < count; ++i) any_integer |= format_info(ws[i]->format()).integer_path;
-  thread_local std::vector<block_q8_act> scratch;  // only grows: no allocation per token
-  const block_q8_act* xq = nullptr;
-  if (any_integer && act != Activations::F32) {
-    if (scratch.size() < (size_t)(m * (k / QK))) scratch.resize((size_t)(m * (k / QK)));
-    quantize_activations(kt, x, m, k, scratch.data());
-    xq = scratch.data();
-  }
+  bool any_quantized = false;
+  for (int i = 0; i < count; ++i) any_quantized |= takes_quantized_input(ws[i]->format(), act);
+  const block_q8_act* xq = any_quantized ? quantized_input(kt, x, m, ws[0]->k()) : nullptr;
   struct Part {
     MatmulArgs args;
     void (*run)(const MatmulArgs&, int64_t, int64_t);
     int64_t units;
     double first_byte, unit_bytes;  // where it starts in the job's weight bytes, a unit's share
-  } parts[kMaxShared];
+  } parts[kMaxSharedInput];
   double total = 0;
   for (int i = 0; i < count; ++i) {
     const PackedMatrix& w = *ws[i];
-    // as PackedMatrix::matmul: F32 activations take the f32 kernel; otherwise dense
-    // formats multiply x and integer ones the quantised blocks
-    const bool integer = format_info(w.format()).integer_path && act != Activations::F32;
-    parts[i].args = w.args(integer ? nullptr : x, integer ? xq : nullptr, m, ys[i], act);
+    const bool quantized = takes_quantized_input(w.format(), act);  // as PackedMatrix::matmul
+    parts[i].args = w.args(quantized ? nullptr : x, quantized ? xq : nullptr, m, ys[i], act);
     parts[i].run = act == Activations::F32 ? kt.matmul_f32 : kt.matmul;
     parts[i].units = w.units();
     parts[i].first_byte = total;

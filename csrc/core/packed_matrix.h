@@ -66,7 +66,9 @@ class PackedMatrix {
 // and up), as one pool job: one activation quantisation and one barrier instead of one
 // each, and each thread's share is one contiguous run across the matrices, split by
 // weight bytes, so the streams stay long and the threads' loads even. ys[i]: [m, n_i].
-// Matrices with an input order, with other kernels or a different k run one by one.
+// Matrices with an input order, with other kernels or a different k, or more than
+// kMaxSharedInput of them, run one by one.
+constexpr int kMaxSharedInput = 4;
 void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int count, const float* x, int64_t m,
                          Activations act);
 

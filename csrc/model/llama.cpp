@@ -176,11 +176,15 @@ void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t 
   }
 }
 
-void LlamaModel::matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_prompt, float* y) const {
+int64_t LlamaModel::prompt_rows_in_f32(const PackedMatrix& w, int64_t n_prompt) const {
   const bool integer = format_info(w.format()).integer_path;
-  const int64_t n_f32 = (integer ? precise_ && kt_->f32_prompts : kt_->dense_prompts) ? n_prompt : 0;
+  return (integer ? precise_ && kt_->f32_prompts : kt_->dense_prompts) ? n_prompt : 0;
+}
+
+void LlamaModel::matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_prompt, float* y) const {
+  const int64_t n_f32 = prompt_rows_in_f32(w, n_prompt);
   if (n_f32 > 0) w.matmul(x, n_f32, y, Activations::F32);
-  if (n > n_f32) w.matmul(x + n_f32 * w.k(), n - n_f32, y + n_f32 * w.n(), precise_ ? Activations::Int8x2 : Activations::Int8);
+  if (n > n_f32) w.matmul(x + n_f32 * w.k(), n - n_f32, y + n_f32 * w.n(), row_activations());
 }
 
 void LlamaModel::matmul_rows_shared(std::initializer_list<const PackedMatrix*> ws, std::initializer_list<float*> ys,
@@ -188,23 +192,18 @@ void LlamaModel::matmul_rows_shared(std::initializer_list<const PackedMatrix*> w
   const PackedMatrix* const* w = ws.begin();
   float* const* y = ys.begin();
   const int count = (int)ws.size();
-  const auto prompt_rows_in_f32 = [&](const PackedMatrix& m) {
-    const bool integer = format_info(m.format()).integer_path;
-    return (integer ? precise_ && kt_->f32_prompts : kt_->dense_prompts) ? n_prompt : 0;
-  };
-  const int64_t n_f32 = prompt_rows_in_f32(*w[0]);
+  const int64_t n_f32 = prompt_rows_in_f32(*w[0], n_prompt);
   for (int i = 1; i < count; ++i) {
-    if (prompt_rows_in_f32(*w[i]) != n_f32) {  // the matrices split the rows differently
+    if (prompt_rows_in_f32(*w[i], n_prompt) != n_f32) {  // the matrices split the rows differently
       for (int j = 0; j < count; ++j) matmul_rows(*w[j], x, n, n_prompt, y[j]);
       return;
     }
   }
   if (n_f32 > 0) matmul_shared_input(w, y, count, x, n_f32, Activations::F32);
   if (n > n_f32) {
-    float* rest[4];
+    float* rest[kMaxSharedInput];
     for (int i = 0; i < count; ++i) rest[i] = y[i] + n_f32 * w[i]->n();
-    matmul_shared_input(w, rest, count, x + n_f32 * w[0]->k(), n - n_f32,
-                        precise_ ? Activations::Int8x2 : Activations::Int8);
+    matmul_shared_input(w, rest, count, x + n_f32 * w[0]->k(), n - n_f32, row_activations());
   }
 }
 

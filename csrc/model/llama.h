@@ -80,7 +80,12 @@ class LlamaModel {
   void forward_grouped(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits, float* logits);
   // y = x · Wᵀ for n rows, the first n_prompt of them prompt rows (segment_is_prompt).
   void matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_prompt, float* y) const;
-  // matmul_rows for matrices that read the same x (at most 4): one pool job per row split.
+  // How many of the n_prompt leading rows take w's f32 prompt kernel (the rest, and all
+  // decode rows, take row_activations()).
+  int64_t prompt_rows_in_f32(const PackedMatrix& w, int64_t n_prompt) const;
+  Activations row_activations() const { return precise_ ? Activations::Int8x2 : Activations::Int8; }
+  // matmul_rows for matrices that read the same x (at most kMaxSharedInput): one pool job
+  // per row split.
   void matmul_rows_shared(std::initializer_list<const PackedMatrix*> ws, std::initializer_list<float*> ys,
                           const float* x, int64_t n, int64_t n_prompt) const;
   // Element offset of (slot, layer, position) in the K or V cache.

@@ -54,15 +54,18 @@ inline float round_nearest_small(float v) {
 
 inline float q8_code(float v, float id) { return std::clamp(round_nearest_small(v * id), -127.0f, 127.0f); }
 
-// llama.cpp's rule, d = amax/127. codes: [32] out.
-inline uint16_t q8_0_block_amax(const float* x, int8_t* codes) {
+float block_amax(const float* x) {
   float amax = 0.0f;
   for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[j]));
-  const uint16_t d16 = fp32_to_fp16(amax / 127.0f);
+  return amax;
+}
+
+// Writes one q8_0 block with step d16: codes rounded against the stored (f16) step.
+void store_q8_0_block(const float* x, uint16_t d16, block_q8_0* y) {
   const float d = fp16_to_fp32(d16);
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  for (int j = 0; j < QK; ++j) codes[j] = (int8_t)q8_code(x[j], id);
-  return d16;
+  y->d = d16;
+  for (int j = 0; j < QK; ++j) y->qs[j] = (int8_t)q8_code(x[j], id);
 }
 
 // The scale is chosen by least squared error among the steps amax/k, k = 127 down to 80,
@@ -77,8 +80,7 @@ inline uint16_t q8_0_block_amax(const float* x, int8_t* codes) {
 void quantize_q8_0(const float* x, block_q8_0* y, int64_t nb) {
   constexpr int kLargestCode = 127, kSmallestCode = 80;
   for (int64_t b = 0; b < nb; ++b, x += QK) {
-    float amax = 0.0f;
-    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float amax = block_amax(x);
     uint16_t best_d16 = fp32_to_fp16(amax / 127.0f);
     float best_err = INFINITY;
     for (int k = kLargestCode; k >= kSmallestCode; --k) {
@@ -98,20 +100,9 @@ void quantize_q8_0(const float* x, block_q8_0* y, int64_t nb) {
       if (err < best_err) { best_err = err; best_d16 = d16; }
       if (err == 0.0f) break;  // exact (a Q8_0 source's own step): nothing can beat it
     }
-    const float d = fp16_to_fp32(best_d16);
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = best_d16;
-    for (int j = 0; j < QK; ++j) y[b].qs[j] = (int8_t)q8_code(x[j], id);
+    store_q8_0_block(x, best_d16, &y[b]);
   }
 }
-
-}  // namespace
-
-void quantize_row_q8_0_amax(const float* x, block_q8_0* y, int64_t k) {
-  for (int64_t b = 0; b < k / QK; ++b) y[b].d = q8_0_block_amax(x + b * QK, y[b].qs);
-}
-
-namespace {
 
 // Range widened to include 0 (as GPTQ does) so that zero is exactly representable and a
 // constant block is exact. Codes are computed against the stored (f16) scale so that
@@ -156,6 +147,11 @@ void dequantize_q4_g(const block_q4_g<G>* x, float* y, int64_t nb) {
 }
 
 }  // namespace
+
+// llama.cpp's rule, d = amax/127, for the KV cache.
+void quantize_row_q8_0_amax(const float* x, block_q8_0* y, int64_t k) {
+  for (int64_t b = 0; b < k / QK; ++b, x += QK) store_q8_0_block(x, fp32_to_fp16(block_amax(x) / 127.0f), &y[b]);
+}
 
 void quantize_row(Format f, const float* x, void* y, int64_t k) {
   const int64_t nb = k / format_info(f).block_elems;
