@@ -160,6 +160,46 @@ def test_activation_quantisation_is_bit_identical(isa, rng):
     assert np.all(np.abs(xb - two) <= d2[..., None] / 2 * (1 + 1e-3) + 1e-6 * np.abs(xb))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_f16_activation_rounding_matches_reference(isa, rng):
+    """Every ISA rounds decode activations to the same f16 bits as numpy (nearest even,
+    subnormals kept), over a length that leaves a partial vector, and refuses, so that
+    the matmul keeps f32, anything that would round to Inf or is NaN/Inf."""
+    x = (rng.standard_normal(1037) * np.logspace(-9, 4, 1037)).astype(np.float32)
+    x[:3] = [65504.0, -65519.0, 6e-8]  # the largest finite, the last value rounding to it, a subnormal
+    bits = _C.round_activations_f16(x, isa=isa)
+    np.testing.assert_array_equal(bits, x.astype(np.float16).view(np.uint16))
+    for bad in (65520.0, -1e6, np.inf, np.nan):
+        for at in (0, 1030):  # in a full vector and in the tail
+            y = x.copy(); y[at] = bad
+            assert _C.round_activations_f16(y, isa=isa) is None, (bad, at)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_f16_decode_multiplies_f16_rounded_input(isa, rng):
+    """f16 weights at one activation row multiply x rounded to f16 (llama.cpp's rule);
+    several rows, the f32 activation path, other dense formats, and an input beyond the
+    f16 range keep x in f32."""
+    n, k = 41, 1000
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    for fmt in DENSE:
+        data = le.quantize(w, fmt)
+        wd = le.dequantize(data, fmt, k).astype(np.float64)
+        mat = le.PackedMatrix(data, fmt, k, isa=isa)
+        x = rng.standard_normal((3, k)).astype(np.float32)
+        big = x[:1].copy(); big[0, 5] = 7e4  # beyond f16: stays f32, so y is finite
+        halved = x[:1].astype(np.float16).astype(np.float64)
+        for xin, exact in ((x[:1], halved if fmt == "f16" else x[:1].astype(np.float64)),
+                           (x, x.astype(np.float64)), (big, big.astype(np.float64))):
+            e = exact @ wd.T
+            y = mat.matmul(xin)
+            np.testing.assert_allclose(y, e, rtol=1e-5, atol=1e-5 * np.abs(e).max(), err_msg=f"{fmt} {xin.shape}")
+        e = x[:1].astype(np.float64) @ wd.T
+        np.testing.assert_allclose(mat.matmul(x[:1], activations="f32"), e, rtol=1e-5, atol=1e-5 * np.abs(e).max())
+        if fmt == "f16":  # the rounding is visible: the test would notice the rule going away
+            assert np.abs(mat.matmul(x[:1]) - e).max() > 1e-4 * np.abs(e).max()
+
+
 @pytest.mark.parametrize("fmt", QUANT + DENSE)
 def test_reference_means_x_times_w_transposed(fmt, rng):
     """The scalar reference itself agrees with numpy on the dequantised weights; for the

@@ -94,6 +94,22 @@ void bind_quant(py::module_& m) {
   }, py::arg("x"), py::arg("isa") = py::none(),
      "Activation blocks (f32 d, i32 sum, 32 x i8) as the integer kernels see them; for tests.");
 
+  m.def("round_activations_f16", [](const py::array& x, const py::object& isa) -> py::object {
+    require_f32(x, "x", 1, 1);
+    const KernelTable& kt = kernels_or_default(isa);
+    const int64_t k = x.shape(0);
+    py::array_t<uint16_t> out(k);
+    bool in_range;
+    {
+      py::gil_scoped_release nogil;
+      in_range = kt.round_act_f16(static_cast<const float*>(x.data()), out.mutable_data(), k);
+    }
+    if (!in_range) return py::none();
+    return std::move(out);
+  }, py::arg("x"), py::arg("isa") = py::none(),
+     "x rounded to f16 bits as an f16 decode matmul sees it, or None when some |x| is beyond "
+     "the f16 range (the matmul then keeps x in f32); for tests.");
+
   m.def("matmul_ref", [](const py::array& x, const py::array& data, const std::string& fmt_name, int64_t k,
                          bool precise, bool f32_activations) {
     const Format fmt = parse_format_or_throw(fmt_name);
@@ -104,6 +120,7 @@ void bind_quant(py::module_& m) {
     const int64_t mm = x.shape(0), n = data.shape(0);
     py::array_t<float> y({mm, n});
     std::vector<block_q8_act> xq;
+    std::vector<uint16_t> xh;
     MatmulArgs a{fmt, static_cast<const uint8_t*>(data.data()), false, n, k, mm,
                  static_cast<const float*>(x.data()), nullptr, y.mutable_data(), precise};
     {
@@ -113,6 +130,10 @@ void bind_quant(py::module_& m) {
         for (int64_t i = 0; i < mm; ++i) quantize_row_act_ref(a.x + i * k, xq.data() + i * (k / QK), k);
         a.xq = xq.data();
         a.x = nullptr;
+      }
+      if (takes_f16_input(fmt, mm) && !f32_activations) {  // as PackedMatrix::matmul
+        xh.resize((size_t)k);
+        if (round_act_f16_ref(a.x, xh.data(), k)) a.xh = xh.data();
       }
       matmul_ref(a, 0, n);
     }

@@ -94,6 +94,16 @@ const block_q8_act* quantized_input(const KernelTable& kt, const float* x, int64
   return scratch.data();
 }
 
+// x [1, k] rounded to f16 for f16 weights at decode (takes_f16_input), in a per-thread
+// scratch; null when x must stay f32 because some value is beyond the f16 range.
+const uint16_t* f16_input(const KernelTable& kt, const float* x, int64_t k) {
+  thread_local std::vector<uint16_t> scratch;
+  if (scratch.size() < (size_t)k) scratch.resize((size_t)k);
+  return kt.round_act_f16(x, scratch.data(), k) ? scratch.data() : nullptr;
+}
+
+bool takes_f16_input(Format f, int64_t m, Activations act) { return act != Activations::F32 && takes_f16_input(f, m); }
+
 // Integer formats multiply quantised activation blocks unless F32 asks for the f32 prompt
 // kernel; dense formats multiply x in f32 either way.
 bool takes_quantized_input(Format f, Activations act) {
@@ -111,7 +121,8 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) 
   }
   const KernelTable* kt = kernels_;
   const bool quantized = takes_quantized_input(fmt_, act);
-  const MatmulArgs a = quantized ? args(nullptr, quantized_input(*kt, x, m, k_), m, y, act) : args(x, nullptr, m, y, act);
+  MatmulArgs a = quantized ? args(nullptr, quantized_input(*kt, x, m, k_), m, y, act) : args(x, nullptr, m, y, act);
+  if (takes_f16_input(fmt_, m, act)) a.xh = f16_input(*kt, x, k_);
   auto run = act == Activations::F32 ? kt->matmul_f32 : kt->matmul;
   global_pool()->parallel_for(units(), [&](int64_t b, int64_t e) { run(a, b, e); });
 }
@@ -136,6 +147,9 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
   bool any_quantized = false;
   for (int i = 0; i < count; ++i) any_quantized |= takes_quantized_input(ws[i]->format(), act);
   const block_q8_act* xq = any_quantized ? quantized_input(kt, x, m, ws[0]->k()) : nullptr;
+  bool any_f16 = false;
+  for (int i = 0; i < count; ++i) any_f16 |= takes_f16_input(ws[i]->format(), m, act);
+  const uint16_t* xh = any_f16 ? f16_input(kt, x, ws[0]->k()) : nullptr;
   struct Part {
     MatmulArgs args;
     void (*run)(const MatmulArgs&, int64_t, int64_t);
@@ -147,6 +161,7 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
     const PackedMatrix& w = *ws[i];
     const bool quantized = takes_quantized_input(w.format(), act);  // as PackedMatrix::matmul
     parts[i].args = w.args(quantized ? nullptr : x, quantized ? xq : nullptr, m, ys[i], act);
+    if (takes_f16_input(w.format(), m, act)) parts[i].args.xh = xh;
     parts[i].run = act == Activations::F32 ? kt.matmul_f32 : kt.matmul;
     parts[i].units = w.units();
     parts[i].first_byte = total;

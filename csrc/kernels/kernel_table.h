@@ -18,6 +18,8 @@ struct MatmulArgs {
   const block_q8_act* xq;   // [m, k/32]  (integer formats; null in matmul_f32)
   float* y;                 // [m, n]
   bool precise = false;     // integer formats: also use the activation residual (formats.h)
+  const uint16_t* xh = nullptr;  // [m, k] x rounded to f16, read instead of x when set
+                                 // (dense f16 at decode: takes_f16_input, quantize.h)
 };
 
 struct KernelTable {
@@ -25,6 +27,7 @@ struct KernelTable {
   const char* name;
   bool uses_panels;  // integer formats are repacked into 16-row panels for this ISA
   void (*quantize_act)(const float* x, block_q8_act* y, int64_t k);
+  bool (*round_act_f16)(const float* x, uint16_t* y, int64_t k);  // twin of round_act_f16_ref
   // [begin, end) counts panels when args.panels, rows otherwise.
   void (*matmul)(const MatmulArgs& args, int64_t begin, int64_t end);
   // Reads `bytes` (multiple of 256, 64-byte aligned) with several independent

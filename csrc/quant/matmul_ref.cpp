@@ -111,16 +111,23 @@ void matmul_ref(const MatmulArgs& a, int64_t n0, int64_t n1) {
     }
     return;
   }
+  thread_local std::vector<float> widened;  // [m, k] the f16 input, exactly, when there is one
+  const float* x = a.x;
+  if (a.xh) {
+    if (widened.size() < (size_t)(a.m * a.k)) widened.resize((size_t)(a.m * a.k));
+    for (int64_t i = 0; i < a.m * a.k; ++i) widened[(size_t)i] = fp16_to_fp32(a.xh[i]);
+    x = widened.data();
+  }
   for (int64_t n = n0; n < n1; ++n) {
     for (int64_t m = 0; m < a.m; ++m) {
       a.y[m * a.n + n] = (float)dot_row(a.fmt, a.w + n * rb, a.xq ? a.xq + m * nb : nullptr,
-                                        a.x ? a.x + m * a.k : nullptr, a.k, a.precise);
+                                        x ? x + m * a.k : nullptr, a.k, a.precise);
     }
   }
 }
 
 const KernelTable& kernels_scalar() {
-  static const KernelTable t{Isa::Scalar, "scalar", false, quantize_row_act_ref, matmul_scalar,
+  static const KernelTable t{Isa::Scalar, "scalar", false, quantize_row_act_ref, round_act_f16_ref, matmul_scalar,
                              read_checksum_scalar, attn_scores_f32_ref, attn_scores_f16_ref, softmax_ref,
                              attn_mix_f32_ref, attn_mix_f16_ref, attn_scores_q8_ref, attn_mix_q8_ref,
                              matmul_scalar, false, false};

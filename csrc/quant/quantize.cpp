@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "quant/fp16.h"
 
@@ -210,6 +211,18 @@ void dequantize_row(Format f, const void* x, float* y, int64_t k) {
     case Format::Q4_G128: dequantize_q4_g<128>((const block_q4_g<128>*)x, y, nb); break;
     case Format::kCount: break;
   }
+}
+
+bool takes_f16_input(Format weights, int64_t m) { return weights == Format::F16 && m == 1; }
+
+bool round_act_f16_ref(const float* x, uint16_t* y, int64_t k) {
+  for (int64_t i = 0; i < k; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, 4);
+    if ((bits & 0x7fffffffu) >= 0x477ff000u) return false;
+    y[i] = fp32_to_fp16(x[i]);
+  }
+  return true;
 }
 
 void quantize_row_act_ref(const float* x, block_q8_act* y, int64_t k) {

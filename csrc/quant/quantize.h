@@ -22,4 +22,15 @@ void quantize_row_q8_0_amax(const float* x, block_q8_0* y, int64_t k);
 // exactly these bytes; tests check that.
 void quantize_row_act_ref(const float* x, block_q8_act* y, int64_t k);
 
+// f16 weights at one activation row (decode) multiply x rounded to f16, as llama.cpp
+// does: half the activation bytes, so the input of an 11008-long row (22 KiB instead of
+// 44) stays in L1 beside the weight stream (benchmarks/NOTES.md, session 13).
+// (Not inline: the ISA units include this header, fp16.h says why that matters.)
+bool takes_f16_input(Format weights, int64_t m);
+
+// y = x rounded to f16 (nearest even), or false, leaving y unspecified, when some |x|
+// would round past the f16 range (>= 65520), NaN or Inf: the caller then keeps x in f32,
+// so a large activation is never turned into Inf. Every ISA's twin gives these bits.
+bool round_act_f16_ref(const float* x, uint16_t* y, int64_t k);
+
 }  // namespace linly

@@ -10,6 +10,7 @@
 #include "quant/fp16.h"
 #include "quant/matmul_ref.h"
 #include "quant/panel.h"
+#include "quant/quantize.h"
 
 namespace linly {
 namespace {
@@ -26,6 +27,24 @@ inline float hsum_f32(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+
+// Twin of round_act_f16_ref: the range check on the magnitude bits, as the reference.
+bool round_act_f16_avx2(const float* x, uint16_t* y, int64_t k) {
+  const __m256i abs_bits = _mm256_set1_epi32(0x7fffffff);
+  __m256i mx = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    const __m256i v = _mm256_loadu_si256((const __m256i*)(x + i));
+    mx = _mm256_max_epu32(mx, _mm256_and_si256(v, abs_bits));
+    _mm_storeu_si128((__m128i*)(y + i), _mm256_cvtps_ph(_mm256_castsi256_ps(v), _MM_FROUND_TO_NEAREST_INT));
+  }
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256((__m256i*)lanes, mx);
+  uint32_t amax_bits = 0;
+  for (uint32_t l : lanes) amax_bits = l > amax_bits ? l : amax_bits;
+  if (amax_bits >= 0x477ff000u) return false;
+  return round_act_f16_ref(x + i, y + i, k - i);  // the tail, under the same rule
 }
 
 // Twin of quantize_row_act_ref; must produce identical bytes (same ops, same rounding).
@@ -245,8 +264,14 @@ void panel_tile(bool precise, Format f, const uint8_t* panel, const PanelLayout&
 // by side are four streams of one row each, and the prefetchers follow short streams
 // poorly (on Zen 5 under AVX2: 22.5 GB/s of f16 from DRAM on one core against ~40 for
 // one stream; benchmarks/NOTES.md has the AVX-512 twin of this measurement).
-template <Format F>
-void dense_rows_decode(const MatmulArgs& a, int64_t n0, int64_t n1) {
+inline __m256 load_x8(const float* x, int64_t i) { return _mm256_loadu_ps(x + i); }
+inline __m256 load_x8(const uint16_t* x, int64_t i) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(x + i))); }
+inline float load_x1(const float* x, int64_t i) { return x[i]; }
+inline float load_x1(const uint16_t* x, int64_t i) { return fp16_to_fp32(x[i]); }
+
+// x: the f32 activation row, or its f16 rounding (takes_f16_input).
+template <Format F, typename X>
+void dense_rows_decode(const MatmulArgs& a, const X* x, int64_t n0, int64_t n1) {
   constexpr int64_t wbytes = F == Format::F32 ? 4 : 2;
   const int64_t rb = row_bytes(F, a.k), k32 = a.k / 32 * 32;
   for (int64_t n = n0; n < n1; ++n) {
@@ -256,11 +281,11 @@ void dense_rows_decode(const MatmulArgs& a, int64_t n0, int64_t n1) {
     for (; i < k32; i += 32) {
       for (int64_t o = 0; o < 32 * wbytes; o += 64) _mm_prefetch((const char*)(w + i * wbytes + kPrefetchBytes + o), _MM_HINT_T0);
 #pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) acc[u] = _mm256_fmadd_ps(load8(F, w, i + 8 * u), _mm256_loadu_ps(a.x + i + 8 * u), acc[u]);
+      for (int u = 0; u < 4; ++u) acc[u] = _mm256_fmadd_ps(load8(F, w, i + 8 * u), load_x8(x, i + 8 * u), acc[u]);
     }
-    for (; i + 8 <= a.k; i += 8) acc[0] = _mm256_fmadd_ps(load8(F, w, i), _mm256_loadu_ps(a.x + i), acc[0]);
+    for (; i + 8 <= a.k; i += 8) acc[0] = _mm256_fmadd_ps(load8(F, w, i), load_x8(x, i), acc[0]);
     float s = hsum_f32(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    for (; i < a.k; ++i) s += load1(F, w, i) * a.x[i];
+    for (; i < a.k; ++i) s += load1(F, w, i) * load_x1(x, i);
     a.y[n] = s;
   }
 }
@@ -268,7 +293,11 @@ void dense_rows_decode(const MatmulArgs& a, int64_t n0, int64_t n1) {
 // Dense rows, four at a time so each activation load feeds four FMAs.
 template <Format F>
 void dense_rows(const MatmulArgs& a, int64_t n0, int64_t n1) {
-  if (a.m == 1) { dense_rows_decode<F>(a, n0, n1); return; }
+  if (a.m == 1) {
+    if (a.xh) dense_rows_decode<F>(a, a.xh, n0, n1);
+    else dense_rows_decode<F>(a, a.x, n0, n1);
+    return;
+  }
   const int64_t rb = row_bytes(F, a.k), k8 = a.k / 8 * 8;
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) {
@@ -570,7 +599,7 @@ void softmax_avx2(float* x, int64_t len) {
 }
 
 const KernelTable& kernels_avx2() {
-  static const KernelTable t{Isa::Avx2, "avx2", true, quantize_act_avx2, matmul_avx2, read_checksum_avx2,
+  static const KernelTable t{Isa::Avx2, "avx2", true, quantize_act_avx2, round_act_f16_avx2, matmul_avx2, read_checksum_avx2,
                              attn_scores_f32_avx2, attn_scores_f16_avx2, softmax_avx2, attn_mix_f32_avx2,
                              attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx2, true, true};
   return t;

@@ -7,6 +7,7 @@
 #include "quant/fp16.h"
 #include "quant/matmul_ref.h"
 #include "quant/panel.h"
+#include "quant/quantize.h"
 
 namespace linly {
 namespace {
@@ -38,6 +39,25 @@ void quantize_act_avx512(const float* x, block_q8_act* y, int64_t k) {
     _mm_storeu_si128((__m128i*)y[b].r, _mm512_cvtepi32_epi8(r0));
     _mm_storeu_si128((__m128i*)(y[b].r + 16), _mm512_cvtepi32_epi8(r1));
   }
+}
+
+// Twin of round_act_f16_ref: the range check on the magnitude bits, as the reference.
+bool round_act_f16_avx512(const float* x, uint16_t* y, int64_t k) {
+  const __m512i abs_bits = _mm512_set1_epi32(0x7fffffff);
+  __m512i mx = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    const __m512i v = _mm512_loadu_si512(x + i);
+    mx = _mm512_max_epu32(mx, _mm512_and_si512(v, abs_bits));
+    _mm256_storeu_si256((__m256i*)(y + i), _mm512_cvtps_ph(_mm512_castsi512_ps(v), _MM_FROUND_TO_NEAREST_INT));
+  }
+  if (i < k) {
+    const __mmask16 mask = (__mmask16)((1u << (k - i)) - 1u);
+    const __m512i v = _mm512_maskz_loadu_epi32(mask, x + i);
+    mx = _mm512_max_epu32(mx, _mm512_and_si512(v, abs_bits));
+    _mm256_mask_storeu_epi16(y + i, mask, _mm512_cvtps_ph(_mm512_castsi512_ps(v), _MM_FROUND_TO_NEAREST_INT));
+  }
+  return _mm512_reduce_max_epu32(mx) < 0x477ff000u;
 }
 
 inline void store_rows(float* y, __m512 v, int rows) {
@@ -203,13 +223,23 @@ inline __m512 load16(Format f, const uint8_t* w, int64_t i, __mmask16 mask) {
   }
 }
 
+// x[i .. i + 16) of an activation row as f32: f32 as it is, or f16 (takes_f16_input).
+inline __m512 load_x16(const float* x, int64_t i) { return _mm512_loadu_ps(x + i); }
+inline __m512 load_x16(const uint16_t* x, int64_t i) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(x + i)));
+}
+inline __m512 load_x16(const float* x, int64_t i, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, x + i); }
+inline __m512 load_x16(const uint16_t* x, int64_t i, __mmask16 mask) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, x + i));
+}
+
 // Dense weights, one row at a time: a thread's rows are contiguous, so the whole range is
 // one sequential stream, which is what the hardware prefetchers follow best (four rows
 // side by side made four 4 KiB streams, each too short for them to lock on: 12 GB/s of
 // f16 from DRAM where one stream reads 40). Each converted weight vector feeds MT
 // activation rows; with MT = 1 (decode), four independent FMA chains hide the latency.
-template <Format F, int MT>
-void dense_row(const uint8_t* w, const float* x, int64_t k, float* y, int64_t ldy) {
+template <Format F, int MT, typename X = float>
+void dense_row(const uint8_t* w, const X* x, int64_t k, float* y, int64_t ldy) {
   constexpr int U = MT == 1 ? 4 : 1;  // independent chains per activation row
   __m512 acc[MT][U];
   for (int m = 0; m < MT; ++m)
@@ -222,13 +252,14 @@ void dense_row(const uint8_t* w, const float* x, int64_t k, float* y, int64_t ld
     for (int u = 0; u < U; ++u) {
       const __m512 wv = load16(F, w, i + 16 * u, (__mmask16)0xffff);
 #pragma GCC unroll 4
-      for (int m = 0; m < MT; ++m) acc[m][u] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + m * k + i + 16 * u), acc[m][u]);
+      for (int m = 0; m < MT; ++m)
+        acc[m][u] = _mm512_fmadd_ps(wv, load_x16(x + m * k, i + 16 * u), acc[m][u]);
     }
   }
   for (; i < k; i += 16) {  // the K tail: masked, so no scalar epilogue
     const __mmask16 mask = k - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (k - i)) - 1u);
     const __m512 wv = load16(F, w, i, mask);
-    for (int m = 0; m < MT; ++m) acc[m][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mask, x + m * k + i), acc[m][0]);
+    for (int m = 0; m < MT; ++m) acc[m][0] = _mm512_fmadd_ps(wv, load_x16(x + m * k, i, mask), acc[m][0]);
   }
   for (int m = 0; m < MT; ++m) {
     __m512 s = acc[m][0];
@@ -240,6 +271,10 @@ void dense_row(const uint8_t* w, const float* x, int64_t k, float* y, int64_t ld
 template <Format F>
 void dense_rows(const MatmulArgs& a, int64_t n0, int64_t n1) {
   const int64_t rb = row_bytes(F, a.k);
+  if (a.xh) {  // decode of f16 weights (takes_f16_input)
+    for (int64_t n = n0; n < n1; ++n) dense_row<F, 1>(a.w + n * rb, a.xh, a.k, a.y + n, a.n);
+    return;
+  }
   constexpr int MT = 4;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* w = a.w + n * rb;
@@ -291,7 +326,7 @@ uint64_t read_checksum_avx512(const uint8_t* p, int64_t bytes) {
 }  // namespace
 
 const KernelTable& kernels_avx512() {
-  static const KernelTable t{Isa::Avx512, "avx512", true, quantize_act_avx512, matmul_avx512, read_checksum_avx512,
+  static const KernelTable t{Isa::Avx512, "avx512", true, quantize_act_avx512, round_act_f16_avx512, matmul_avx512, read_checksum_avx512,
                              attn_scores_f32_avx2, attn_scores_f16_avx2, softmax_avx2, attn_mix_f32_avx2,
                              attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx512, false, true};
   return t;
