@@ -96,9 +96,11 @@ inline void store_rows(float* y, __m256 v, int rows) {  // rows: how many of the
 // One core's hardware prefetcher alone does not keep enough lines in flight to reach
 // the memory bandwidth while the ALUs unpack nibbles; asking for the lines a few blocks
 // ahead does. Reading past the panel's end only touches the next panel (or is dropped).
-// Into L2, 4 KiB ahead: measured on Zen 3 against L1/1 KiB, L2/1-8 KiB and none (none
-// loses ~10 % of bandwidth; L2 at 4 KiB was best by a few per cent, within the noise).
-constexpr int kPrefetchBytes = 4096;
+// Into L2, 8 KiB ahead, for the panels and the dense rows alike. On Zen 3, L2 at 1-8 KiB
+// were level within the noise (none lost ~10 % of bandwidth); on Zen 4 under LINLY_ISA=avx2,
+// alternating token by token in one process, 8 KiB decoded a 1.1B-shaped q4_0 model 4 %
+// faster than 4 KiB (16 KiB: 3.6 %), and f16 4 % faster than the L1 4 KiB dense rows had.
+constexpr int kPrefetchBytes = 8192;
 inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
   for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), _MM_HINT_T1);
 }
@@ -260,7 +262,7 @@ void panel_tile(bool precise, Format f, const uint8_t* panel, const PanelLayout&
 }
 
 // Decode (one activation row): one weight row at a time, so a thread's rows are read as
-// one sequential stream, prefetched kPrefetchBytes ahead (into L1 here). Four rows side
+// one sequential stream, prefetched kPrefetchBytes ahead. Four rows side
 // by side are four streams of one row each, and the prefetchers follow short streams
 // poorly (on Zen 5 under AVX2: 22.5 GB/s of f16 from DRAM on one core against ~40 for
 // one stream; benchmarks/NOTES.md has the AVX-512 twin of this measurement).
@@ -279,7 +281,7 @@ void dense_rows_decode(const MatmulArgs& a, const X* x, int64_t n0, int64_t n1) 
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t i = 0;
     for (; i < k32; i += 32) {
-      for (int64_t o = 0; o < 32 * wbytes; o += 64) _mm_prefetch((const char*)(w + i * wbytes + kPrefetchBytes + o), _MM_HINT_T0);
+      prefetch_ahead(w + i * wbytes, 32 * wbytes);
 #pragma GCC unroll 4
       for (int u = 0; u < 4; ++u) acc[u] = _mm256_fmadd_ps(load8(F, w, i + 8 * u), load_x8(x, i + 8 * u), acc[u]);
     }

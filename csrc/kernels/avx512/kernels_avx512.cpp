@@ -64,18 +64,18 @@ inline void store_rows(float* y, __m512 v, int rows) {
   _mm512_mask_storeu_ps(y, (__mmask16)((1u << rows) - 1u), v);
 }
 
-// Software prefetch 4 KiB ahead into L1, for the panel and the dense kernels alike: into
-// L1 rather than L2 gained 2-4 % on Zen 5, and 4 to 16 KiB were equal (benchmarks/NOTES.md).
+// Software prefetch 8 KiB ahead into L2, for the panel and the dense kernels alike: each
+// thread reads its weights as one long stream. On Zen 4, alternating settings token by
+// token in one process (benchmarks/NOTES.md, session 13), L2 8 KiB against the L1 4 KiB
+// kept before decoded a 1.1B-shaped q4_0 model 1.20x / 1.38x faster (2 / 1 threads), q8_0
+// 1.50x, SmolLM2 1.08-1.11x; 4 KiB, 12 and 16 KiB into L2, 8 KiB into L1 and none were
+// behind or level. (Zen 5 had preferred L1 4 KiB to L2 by 2-4 %.) For dense f16 decode
+// the same 8 KiB L2 prefetch was already the best of 0, 4, 16 KiB and L1.
 #ifndef LINLY_AVX512_PREFETCH_BYTES
-#define LINLY_AVX512_PREFETCH_BYTES 4096
+#define LINLY_AVX512_PREFETCH_BYTES 8192
 #endif
 constexpr int kPrefetchBytes = LINLY_AVX512_PREFETCH_BYTES;
-// Dense (f32/f16/bf16) decode reads each row's weights once, as one long stream: on Zen 4
-// the panels' L1 prefetch 4 KiB ahead held f16 decode of a 1.1B model at 46-52 % of the
-// read bandwidth, while an L2 prefetch 8 KiB ahead reached 74-100 % (1.6x tokens/s at 1
-// and at 2 threads; 16 KiB, T2, no prefetch and 256-bit loads all lost; benchmarks/NOTES.md).
-constexpr int kDensePrefetchBytes = 8192;
-template <int Ahead = kPrefetchBytes, enum _mm_hint Hint = _MM_HINT_T0>
+template <int Ahead = kPrefetchBytes, enum _mm_hint Hint = _MM_HINT_T1>
 inline void prefetch_ahead(const uint8_t* q, int bytes) {
   if (Ahead == 0) return;
   for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char*)(q + Ahead + o), Hint);
@@ -247,7 +247,7 @@ void dense_row(const uint8_t* w, const X* x, int64_t k, float* y, int64_t ldy) {
   int64_t i = 0;
   constexpr int64_t wbytes = F == Format::F32 ? 4 : 2;  // per weight
   for (; i + 16 * U <= k; i += 16 * U) {
-    if (MT == 1) prefetch_ahead<kDensePrefetchBytes, _MM_HINT_T1>(w + i * wbytes, 16 * U * wbytes);
+    if (MT == 1) prefetch_ahead(w + i * wbytes, 16 * U * wbytes);
 #pragma GCC unroll 4
     for (int u = 0; u < U; ++u) {
       const __m512 wv = load16(F, w, i + 16 * u, (__mmask16)0xffff);
