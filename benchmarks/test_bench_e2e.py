@@ -7,8 +7,10 @@ and a random model of TinyLlama-1.1B's shape (22 layers, dim 2048, 32 heads, 4 K
 FFN 5632, vocab 32000) written here as GGUF in q4_0, q8_0 and f16. Each engine runs the
 same GGUF file side by side in this run: linly-engine, llama.cpp through llama-cpp-python
 (when installed) and transformers on torch (f32 weights dequantised from the same file;
-torch has no int4 CPU path). Numbers are never asserted; compare rows of one run. The measurements are
-linly_engine.bench's (the code behind `linly bench`), one run each.
+torch has no int4 CPU path). Numbers are never asserted. The measurements are
+linly_engine.bench's (the code behind `linly bench`): the engines compared take turns for
+three rounds in one process, and ratios are the median of the per-round ratios, since the
+neighbours' load on a shared machine drifts by tens of per cent within minutes.
 """
 
 from __future__ import annotations
@@ -113,52 +115,51 @@ def models(tmp_path_factory):
     return get
 
 
-def run_linly(path: Path, threads: int) -> tuple[float, float]:
-    return bench.bench_linly(path, threads, PROMPT, STEPS, repeat=1)[0]
+ROUNDS = 3
 
 
-def run_linly_int8(path: Path, threads: int) -> tuple[float, float]:
-    return bench.bench_linly(path, threads, PROMPT, STEPS, repeat=1, activations="int8")[0]
+def runners(group: str, path: Path, threads: int) -> dict[str, bench.Runner]:
+    """The engines measured together, linly first. linly: the default int8x2 activations
+    (int8 + residual: near-f32 accuracy); linly-int8: int8 activations, the precision
+    llama.cpp uses; transformers: f32 weights dequantised from the same file (torch has no
+    int4 CPU path); transformers-bf16: bf16 weights and arithmetic."""
+    if group == "llama.cpp":
+        pytest.importorskip("llama_cpp")
+        peers = {"linly-int8": lambda: bench.linly_runner(path, threads, PROMPT, STEPS, "int8")[0],
+                 "llama.cpp": lambda: bench.llama_cpp_runner(path, threads, PROMPT, STEPS)}
+    else:
+        pytest.importorskip("torch")
+        pytest.importorskip("transformers")
+        peers = {"transformers": lambda: bench.transformers_runner(path, threads, PROMPT, STEPS),
+                 "transformers-bf16": lambda: bench.transformers_runner(path, threads, PROMPT, STEPS, "bfloat16")}
+    return {"linly": bench.linly_runner(path, threads, PROMPT, STEPS)[0]} | {k: make() for k, make in peers.items()}
 
 
-def run_llama_cpp(path: Path, threads: int) -> tuple[float, float]:
-    pytest.importorskip("llama_cpp")
-    return bench.bench_llama_cpp(path, threads, PROMPT, STEPS, repeat=1)
-
-
-def run_transformers(path: Path, threads: int) -> tuple[float, float]:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    return bench.bench_transformers(path, threads, PROMPT, STEPS, repeat=1)
-
-
-def run_transformers_bf16(path: Path, threads: int) -> tuple[float, float]:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    return bench.bench_transformers(path, threads, PROMPT, STEPS, repeat=1, dtype="bfloat16")
-
-
-# linly: the default int8x2 activations (int8 + residual: near-f32 accuracy); linly-int8:
-# int8 activations, the precision llama.cpp uses.
-ENGINES = {"linly": run_linly, "linly-int8": run_linly_int8, "llama.cpp": run_llama_cpp,
-           "transformers": run_transformers, "transformers-bf16": run_transformers_bf16}
 MODELS = ["smollm2", "smollm2-q4_0", "tiny1.1b-q4_0", "tiny1.1b-q8_0", "tiny1.1b-f16"]
 
 
-@pytest.mark.parametrize("engine", list(ENGINES))
+@pytest.mark.parametrize("group", ["llama.cpp", "transformers"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("model", MODELS)
-def test_e2e(benchmark, models, model, threads, engine):
-    if engine.startswith("transformers") and model.startswith("tiny") and model != "tiny1.1b-f16":
+def test_e2e(benchmark, models, model, threads, group):
+    """The group's engines take turns for ROUNDS rounds in one process (bench.interleaved):
+    medians per engine, and linly's ratio to each peer as the median of the rounds' ratios."""
+    if group == "transformers" and model.startswith("tiny") and model != "tiny1.1b-f16":
         pytest.skip("transformers multiplies dense weights whatever the file's format: the f16 file's row stands for all")
     path = models(model)
-    result = {}
+    engines = runners(group, path, threads)
+    runs = {}
 
     def once():
-        result["pp"], result["tg"] = ENGINES[engine](path, threads)
+        runs.update(bench.interleaved(engines, ROUNDS))
 
     benchmark.pedantic(once, rounds=1, iterations=1)
-    row = {"model": model, "threads": threads, "engine": engine,
-           "prefill_tok/s": f"{result['pp']:.1f}", "decode_tok/s": f"{result['tg']:.1f}"}
-    benchmark.extra_info.update(row)
-    ROWS.append(row)
+    for name, r in runs.items():
+        pp, tg = bench.medians(r)
+        ratio_pp, ratio_tg = bench.paired_ratios(runs["linly"], r)
+        row = {"model": model, "threads": threads, "engine": name,
+               "prefill_tok/s": f"{pp:.1f}", "decode_tok/s": f"{tg:.1f}",
+               "linly/this prefill": "-" if name == "linly" else f"{ratio_pp:.2f}",
+               "linly/this decode": "-" if name == "linly" else f"{ratio_tg:.2f}"}
+        benchmark.extra_info[name] = row
+        ROWS.append(row)

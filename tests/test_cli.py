@@ -143,7 +143,7 @@ def test_ctrl_c_stops_the_answer_not_the_program(default_home):
 def test_bench_prints_a_table_and_writes_json(chat_model_folder, tmp_path):
     out = tmp_path / "bench.json"
     r = run(["bench", str(chat_model_folder), "--threads", "1,2", "--prompt", "8", "--gen", "4", "--repeat", "1",
-             "--vs", "llama.cpp,nonsense", "--json", str(out)])
+             "--vs", "llama.cpp,nonsense,transformers", "--json", str(out)])
     assert r.returncode == 0, r.stderr.decode()
     text = r.stdout.decode()
     assert "decode tok/s" in text and "llama.cpp    skipped: llama.cpp needs a GGUF" in text
@@ -152,5 +152,9 @@ def test_bench_prints_a_table_and_writes_json(chat_model_folder, tmp_path):
     rows = [row for row in result["rows"] if row["engine"] == "linly"]
     assert [row["threads"] for row in rows] == [1, 2]
     assert all(row["decode_tokens_per_s"] > 0 and 0 < row["of_read_bandwidth"] for row in rows)
+    peers = [row for row in result["rows"] if row["engine"] == "transformers"]
+    assert [row["threads"] for row in peers] == [1, 2]
+    assert all(row["linly_prefill_ratio"] > 0 and row["linly_decode_ratio"] > 0 for row in peers)
+    assert "linly/transformers:" in text
     r = run(["bench", str(chat_model_folder), "--threads", "0"])
     assert r.returncode == 1 and "--threads" in r.stderr.decode()

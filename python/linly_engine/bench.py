@@ -1,6 +1,7 @@
 """The standard speed measurement behind ``linly bench``: prefill a prompt, then decode
 tokens greedily, repeated, median taken; the machine's read bandwidth measured in the
-same run so that decode can be read as a fraction of what memory allows.
+same run so that decode can be read as a fraction of what memory allows. Engines compared
+with each other take turns round by round, and their ratio is the median of the rounds'.
 
 Peers run the same model in the same process when they are installed: llama.cpp through
 llama-cpp-python (it needs a GGUF: the model itself, or the GGUF a packed file was made
@@ -27,23 +28,46 @@ class Result:
     decode_tokens_per_s: float
     weight_gb_per_s: float | None = None  # weights read per decoded token × decode rate
     of_read_bandwidth: float | None = None  # weight_gb_per_s ÷ the measured read bandwidth
+    # For a peer: median over rounds of linly's rate ÷ this engine's in the same round.
+    linly_prefill_ratio: float | None = None
+    linly_decode_ratio: float | None = None
 
     def row(self) -> dict:
         return asdict(self)
 
 
-def _median_runs(run: Callable[[], tuple[float, float]], repeat: int) -> tuple[float, float]:
-    runs = [run() for _ in range(repeat)]
+Runner = Callable[[], tuple[float, float]]  # one measurement: (prefill tok/s, decode tok/s)
+
+
+def medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """(median prefill tok/s, median decode tok/s) of measurements."""
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def interleaved(runners: dict[str, Runner], rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Each round runs every engine once, in turn, so that the load of the neighbours on a
+    shared machine, which drifts over seconds, lands on all engines alike; the ratio of
+    two engines is best read per round (`paired_ratios`)."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, once in runners.items():
+            runs[name].append(once())
+    return runs
+
+
+def paired_ratios(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> tuple[float, float]:
+    """Median over rounds of a's rate ÷ b's rate in the same round: (prefill, decode)."""
+    return (statistics.median(x[0] / y[0] for x, y in zip(a, b)),
+            statistics.median(x[1] / y[1] for x, y in zip(a, b)))
 
 
 def prompt_ids(vocab: int, n: int, seed: int = 1) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(min(100, vocab // 2), vocab, n)]
 
 
-def bench_linly(path: Path, threads: int, prompt: int, gen: int, repeat: int,
-                activations: str = "int8x2") -> tuple[tuple[float, float], int]:
-    """((prefill tok/s, decode tok/s), weight bytes read per decoded token)."""
+def linly_runner(path: Path, threads: int, prompt: int, gen: int,
+                 activations: str = "int8x2") -> tuple[Runner, int]:
+    """The model loaded once; returns (one measurement, weight bytes read per decoded token)."""
     import linly_engine as le
 
     m = le.Model.load(path, threads=threads, max_context=prompt + gen + 8, activations=activations)
@@ -51,6 +75,7 @@ def bench_linly(path: Path, threads: int, prompt: int, gen: int, repeat: int,
     m.prefill(ids[:8])
 
     def once() -> tuple[float, float]:
+        le.set_num_threads(threads)  # another runner of this process may have changed it
         m.reset()
         t0 = time.perf_counter()
         logits = m.prefill(ids)
@@ -64,10 +89,10 @@ def bench_linly(path: Path, threads: int, prompt: int, gen: int, repeat: int,
     # one row is read (a tied one is read in full as the head).
     emb, head = m._weights["model.embed_tokens.weight"], m._weights["lm_head.weight"]
     nbytes = int(m.info()["weight_bytes"]) - (emb.data.nbytes if emb is not head else 0)
-    return _median_runs(once, repeat), nbytes
+    return once, nbytes
 
 
-def bench_llama_cpp(gguf: Path, threads: int, prompt: int, gen: int, repeat: int) -> tuple[float, float]:
+def llama_cpp_runner(gguf: Path, threads: int, prompt: int, gen: int) -> Runner:
     import llama_cpp
 
     n_ctx = prompt + gen + 8
@@ -87,16 +112,14 @@ def bench_llama_cpp(gguf: Path, threads: int, prompt: int, gen: int, repeat: int
         t2 = time.perf_counter()
         return prompt / (t1 - t0), gen / (t2 - t1)
 
-    return _median_runs(once, repeat)
+    return once
 
 
-def bench_transformers(path: Path, threads: int, prompt: int, gen: int, repeat: int,
-                       dtype: str = "float32") -> tuple[float, float]:
+def transformers_runner(path: Path, threads: int, prompt: int, gen: int, dtype: str = "float32") -> Runner:
     """transformers on torch's CPU path; dtype "float32" or "bfloat16" (weights and arithmetic)."""
     import torch
     import transformers
 
-    torch.set_num_threads(threads)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     if path.is_dir():
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
@@ -106,6 +129,7 @@ def bench_transformers(path: Path, threads: int, prompt: int, gen: int, repeat: 
     ids = torch.tensor([prompt_ids(model.config.vocab_size, prompt)])
 
     def once() -> tuple[float, float]:
+        torch.set_num_threads(threads)
         with torch.no_grad():
             t0 = time.perf_counter()
             out = model(ids, use_cache=True)
@@ -117,7 +141,25 @@ def bench_transformers(path: Path, threads: int, prompt: int, gen: int, repeat: 
             t2 = time.perf_counter()
         return prompt / (t1 - t0), gen / (t2 - t1)
 
-    return _median_runs(once, repeat)
+    return once
+
+
+def bench_linly(path: Path, threads: int, prompt: int, gen: int, repeat: int,
+                activations: str = "int8x2") -> tuple[tuple[float, float], int]:
+    """((prefill tok/s, decode tok/s) medians of `repeat` runs, weight bytes per decoded token)."""
+    once, nbytes = linly_runner(path, threads, prompt, gen, activations)
+    return medians([once() for _ in range(repeat)]), nbytes
+
+
+def bench_llama_cpp(gguf: Path, threads: int, prompt: int, gen: int, repeat: int) -> tuple[float, float]:
+    once = llama_cpp_runner(gguf, threads, prompt, gen)
+    return medians([once() for _ in range(repeat)])
+
+
+def bench_transformers(path: Path, threads: int, prompt: int, gen: int, repeat: int,
+                       dtype: str = "float32") -> tuple[float, float]:
+    once = transformers_runner(path, threads, prompt, gen, dtype)
+    return medians([once() for _ in range(repeat)])
 
 
 def source_gguf(path: Path) -> Path | None:
@@ -135,9 +177,24 @@ def source_gguf(path: Path) -> Path | None:
     return None
 
 
+def _peer_runner(peer: str, path: Path, threads: int, prompt: int, gen: int) -> Runner:
+    if peer == "llama.cpp":
+        gguf = source_gguf(path)
+        if gguf is None:
+            raise ValueError("llama.cpp needs a GGUF: pass the .gguf, or a .linly converted from one "
+                             "that is still in place")
+        return llama_cpp_runner(gguf, threads, prompt, gen)
+    if peer in ("transformers", "transformers-bf16"):
+        return transformers_runner(path if path.is_dir() else (source_gguf(path) or path), threads, prompt, gen,
+                                   "bfloat16" if peer.endswith("bf16") else "float32")
+    raise ValueError(f"unknown peer '{peer}' (llama.cpp, transformers, transformers-bf16)")
+
+
 def run(path: Path, threads: list[int], prompt: int, gen: int, repeat: int, vs: list[str],
         log: Callable[[str], None] = print) -> dict:
-    """Every engine × thread count; returns {"bandwidth_gb_s": {threads: GB/s}, "rows": [...]}."""
+    """Every engine × thread count, the engines of one thread count taking turns for
+    `repeat` rounds (`interleaved`); returns {"bandwidth_gb_s": {threads: GB/s}, "rows": [...]}
+    with each peer's row holding linly's paired ratios to it."""
     import linly_engine as le
 
     rows: list[Result] = []
@@ -146,32 +203,29 @@ def run(path: Path, threads: list[int], prompt: int, gen: int, repeat: int, vs: 
         le.set_num_threads(t)
         bw = le.measure_read_bandwidth(512 << 20, 3)  # GB/s, best of 3 passes, this thread count
         bandwidth[t] = bw
-        (pp, tg), nbytes = bench_linly(path, t, prompt, gen, repeat)
+        linly_once, nbytes = linly_runner(path, t, prompt, gen)
+        runners: dict[str, Runner] = {"linly": linly_once}
+        for peer in vs:
+            try:
+                runners[peer] = _peer_runner(peer, path, t, prompt, gen)
+            except ImportError as e:
+                log(f"{peer:<12} skipped: {e.name or e} is not installed")
+            except (ValueError, OSError) as e:
+                log(f"{peer:<12} skipped: {e}")
+        runs = interleaved(runners, repeat)
+        pp, tg = medians(runs["linly"])
         gbs = nbytes * tg / 1e9
         rows.append(Result("linly", t, pp, tg, gbs, gbs / bw if bw > 0 else None))
         log(f"linly        threads={t}: prefill {pp:8.1f} tok/s, decode {tg:7.1f} tok/s ({gbs:.1f} GB/s, "
             f"read bandwidth {bw:.1f} GB/s)")
-        for peer in vs:
-            try:
-                if peer == "llama.cpp":
-                    gguf = source_gguf(path)
-                    if gguf is None:
-                        raise ValueError("llama.cpp needs a GGUF: pass the .gguf, or a .linly converted from one "
-                                         "that is still in place")
-                    pp2, tg2 = bench_llama_cpp(gguf, t, prompt, gen, repeat)
-                elif peer in ("transformers", "transformers-bf16"):
-                    pp2, tg2 = bench_transformers(path if path.is_dir() else (source_gguf(path) or path), t, prompt,
-                                                  gen, repeat, "bfloat16" if peer.endswith("bf16") else "float32")
-                else:
-                    raise ValueError(f"unknown peer '{peer}' (llama.cpp, transformers, transformers-bf16)")
-            except ImportError as e:
-                log(f"{peer:<12} skipped: {e.name or e} is not installed")
+        for peer in runners:
+            if peer == "linly":
                 continue
-            except (ValueError, OSError) as e:
-                log(f"{peer:<12} skipped: {e}")
-                continue
-            rows.append(Result(peer, t, pp2, tg2))
-            log(f"{peer:<12} threads={t}: prefill {pp2:8.1f} tok/s, decode {tg2:7.1f} tok/s")
+            pp2, tg2 = medians(runs[peer])
+            rpp, rtg = paired_ratios(runs["linly"], runs[peer])
+            rows.append(Result(peer, t, pp2, tg2, linly_prefill_ratio=rpp, linly_decode_ratio=rtg))
+            log(f"{peer:<12} threads={t}: prefill {pp2:8.1f} tok/s, decode {tg2:7.1f} tok/s "
+                f"(linly/{peer}: {rpp:.2f}x / {rtg:.2f}x)")
     return {"model": str(path), "prompt": prompt, "gen": gen, "repeat": repeat,
             "bandwidth_gb_s": bandwidth, "rows": [r.row() for r in rows]}
 

@@ -23,15 +23,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # Ratios read "linly is N× the peer" (above 1: linly faster), per thread count.
     print(f"\n{'engine':<18}{'threads':>7}{'prefill tok/s':>15}{'decode tok/s':>14}{'GB/s':>8}{'% of read bw':>14}"
           f"{'linly/peer prefill':>20}{'linly/peer decode':>19}")
-    base = {r["threads"]: r for r in rows if r["engine"] == "linly"}
     for r in rows:
         gbs = f"{r['weight_gb_per_s']:.1f}" if r["weight_gb_per_s"] else "-"
         of = f"{100 * r['of_read_bandwidth']:.0f}%" if r["of_read_bandwidth"] else "-"
-        pre = dec = ""
-        if r["engine"] != "linly" and r["threads"] in base:
-            b = base[r["threads"]]
-            pre = f"{b['prefill_tokens_per_s'] / r['prefill_tokens_per_s']:.2f}x"
-            dec = f"{b['decode_tokens_per_s'] / r['decode_tokens_per_s']:.2f}x"
+        pre = f"{r['linly_prefill_ratio']:.2f}x" if r["linly_prefill_ratio"] else ""  # paired, per round
+        dec = f"{r['linly_decode_ratio']:.2f}x" if r["linly_decode_ratio"] else ""
         print(f"{r['engine']:<18}{r['threads']:>7}{r['prefill_tokens_per_s']:>15.1f}{r['decode_tokens_per_s']:>14.1f}"
               f"{gbs:>8}{of:>14}{pre:>20}{dec:>19}")
     if args.json:
@@ -51,7 +47,8 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", default="2", help="comma-separated thread counts (default 2)")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens (default 128)")
     p.add_argument("--gen", type=int, default=128, help="decoded tokens (default 128)")
-    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="rounds, each running every engine once in turn; medians reported, ratios paired per round")
     p.add_argument("--vs", default="", help="peers to run side by side: llama.cpp,transformers,transformers-bf16")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--plot", default=None, help="draw a bar chart (PNG) here (needs matplotlib)")
