@@ -105,7 +105,7 @@ const uint16_t* f16_input(const KernelTable& kt, const float* x, int64_t k) {
 bool takes_f16_input(Format f, int64_t m, Activations act) { return act != Activations::F32 && takes_f16_input(f, m); }
 
 // Integer formats multiply quantised activation blocks unless F32 asks for the f32 prompt
-// kernel; dense formats multiply x in f32 either way.
+// kernel; dense formats multiply x in f32 (or f16: f16_input above) either way.
 bool takes_quantized_input(Format f, Activations act) {
   return format_info(f).integer_path && act != Activations::F32;
 }

@@ -10,7 +10,8 @@
 
 namespace linly {
 
-// How an integer-format matmul treats its activations (dense formats are f32 always):
+// How an integer-format matmul treats its activations (dense formats take x in f32, except
+// f16 weights at one row, which take it rounded to f16: takes_f16_input, quant/quantize.h):
 // Int8 / Int8x2 quantise them to blocks (formats.h: block_q8_act, without or with the
 // residual) for the integer kernels; F32 multiplies them unquantised against weights
 // dequantised tile by tile (KernelTable::matmul_f32), the path for prompts.
