@@ -144,11 +144,12 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
     return;
   }
   const KernelTable& kt = ws[0]->kernels();
-  bool any_quantized = false;
-  for (int i = 0; i < count; ++i) any_quantized |= takes_quantized_input(ws[i]->format(), act);
+  bool any_quantized = false, any_f16 = false;
+  for (int i = 0; i < count; ++i) {
+    any_quantized |= takes_quantized_input(ws[i]->format(), act);
+    any_f16 |= takes_f16_input(ws[i]->format(), m, act);
+  }
   const block_q8_act* xq = any_quantized ? quantized_input(kt, x, m, ws[0]->k()) : nullptr;
-  bool any_f16 = false;
-  for (int i = 0; i < count; ++i) any_f16 |= takes_f16_input(ws[i]->format(), m, act);
   const uint16_t* xh = any_f16 ? f16_input(kt, x, ws[0]->k()) : nullptr;
   struct Part {
     MatmulArgs args;

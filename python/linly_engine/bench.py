@@ -144,24 +144,6 @@ def transformers_runner(path: Path, threads: int, prompt: int, gen: int, dtype: 
     return once
 
 
-def bench_linly(path: Path, threads: int, prompt: int, gen: int, repeat: int,
-                activations: str = "int8x2") -> tuple[tuple[float, float], int]:
-    """((prefill tok/s, decode tok/s) medians of `repeat` runs, weight bytes per decoded token)."""
-    once, nbytes = linly_runner(path, threads, prompt, gen, activations)
-    return medians([once() for _ in range(repeat)]), nbytes
-
-
-def bench_llama_cpp(gguf: Path, threads: int, prompt: int, gen: int, repeat: int) -> tuple[float, float]:
-    once = llama_cpp_runner(gguf, threads, prompt, gen)
-    return medians([once() for _ in range(repeat)])
-
-
-def bench_transformers(path: Path, threads: int, prompt: int, gen: int, repeat: int,
-                       dtype: str = "float32") -> tuple[float, float]:
-    once = transformers_runner(path, threads, prompt, gen, dtype)
-    return medians([once() for _ in range(repeat)])
-
-
 def source_gguf(path: Path) -> Path | None:
     """The GGUF llama.cpp can read for this model: the file itself, or the GGUF a packed
     file was converted from, if it is still there."""
