@@ -92,10 +92,10 @@ class LinearImpl final : public Linear {
 
  private:
   static void run(const DeviceW4& w, const half* x, half* y, int m, bool gemm, cudaStream_t s) {
-    if (m <= 8 && !gemm) gemv_w4(w, x, y, m, s); else gemm_w4(w, x, y, m, s);
+    if (m <= 8 && !gemm) gemv_w4(w, x, y, m, w.n, s); else gemm_w4(w, x, y, m, w.n, s);
   }
   static void run(const DeviceW8& w, const half* x, half* y, int m, bool gemm, cudaStream_t s) {
-    if (m <= 8 && !gemm) gemv_w8(w, x, y, m, s); else gemm_w8(w, x, y, m, s);
+    if (m <= 8 && !gemm) gemv_w8(w, x, y, m, w.n, s); else gemm_w8(w, x, y, m, w.n, s);
   }
   template <class T>
   static DeviceArray<T> dup(const DeviceArray<T>& a) {

@@ -36,7 +36,7 @@ struct DeviceW4 {
   template <int KIND>
   W4View<KIND> view() const {
     return W4View<KIND>{q.ptr, reinterpret_cast<const half*>(d.ptr), reinterpret_cast<const half*>(m.ptr), z.ptr,
-                        n, k, group};
+                        n, k, k / group, group_shift_of(group, k)};
   }
 };
 
@@ -45,7 +45,15 @@ struct DeviceW8 {
   DeviceArray<uint16_t> d;
   int64_t n = 0, k = 0;
   int group = 32;
-  W8View view() const { return W8View{q.ptr, reinterpret_cast<const half*>(d.ptr), n, k, group}; }
+  W8View view() const {
+    return W8View{q.ptr, reinterpret_cast<const half*>(d.ptr), n, k, k / group, group_shift_of(group, k)};
+  }
+};
+
+struct DeviceW16 {
+  DeviceArray<uint16_t> q;  // fp16 bits [n][k]
+  int64_t n = 0, k = 0;
+  W16View view() const { return W16View{reinterpret_cast<const half*>(q.ptr), n, k}; }
 };
 
 // Calls f(view) with the W4View of w's kind (the kind is a template parameter of the
@@ -59,10 +67,20 @@ void with_w4_view(const DeviceW4& w, F&& f) {
   }
 }
 
-void gemv_w4(const DeviceW4& w, const half* x, half* y, int m, cudaStream_t stream);
-void gemv_w8(const DeviceW8& w, const half* x, half* y, int m, cudaStream_t stream);
-void gemm_w4(const DeviceW4& w, const half* x, half* y, int m, cudaStream_t stream);
-void gemm_w8(const DeviceW8& w, const half* x, half* y, int m, cudaStream_t stream);
+// y[r][0..n) (row pitch ldy) = x[r] (k contiguous halves) · Wᵀ for r < m. The GEMV
+// takes m ≤ 8, the GEMM any m. y is fp16, or fp32 through the *_f32 overloads (logits).
+void gemv_w4(const DeviceW4& w, const half* x, half* y, int m, int64_t ldy, cudaStream_t stream);
+void gemv_w8(const DeviceW8& w, const half* x, half* y, int m, int64_t ldy, cudaStream_t stream);
+void gemv_w16(const DeviceW16& w, const half* x, half* y, int m, int64_t ldy, cudaStream_t stream);
+void gemm_w4(const DeviceW4& w, const half* x, half* y, int m, int64_t ldy, cudaStream_t stream);
+void gemm_w8(const DeviceW8& w, const half* x, half* y, int m, int64_t ldy, cudaStream_t stream);
+void gemm_w16(const DeviceW16& w, const half* x, half* y, int m, int64_t ldy, cudaStream_t stream);
+void gemv_w4(const DeviceW4& w, const half* x, float* y, int m, int64_t ldy, cudaStream_t stream);
+void gemv_w8(const DeviceW8& w, const half* x, float* y, int m, int64_t ldy, cudaStream_t stream);
+void gemv_w16(const DeviceW16& w, const half* x, float* y, int m, int64_t ldy, cudaStream_t stream);
+void gemm_w4(const DeviceW4& w, const half* x, float* y, int m, int64_t ldy, cudaStream_t stream);
+void gemm_w8(const DeviceW8& w, const half* x, float* y, int m, int64_t ldy, cudaStream_t stream);
+void gemm_w16(const DeviceW16& w, const half* x, float* y, int m, int64_t ldy, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace linly

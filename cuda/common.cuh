@@ -23,6 +23,32 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Sum / max over the block (blockDim a multiple of 32); every thread gets the result.
+// shared32: 32 floats of shared memory, free again on return.
+__device__ __forceinline__ float block_sum(float v, float* shared32) {
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) shared32[warp] = v;
+  __syncthreads();
+  v = lane < (int)(blockDim.x >> 5) ? shared32[lane] : 0.0f;
+  v = warp_sum(v);
+  __syncthreads();  // shared32 may be reused by the caller
+  return v;
+}
+
+__device__ __forceinline__ float block_max(float v, float* shared32) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) shared32[warp] = v;
+  __syncthreads();
+  v = lane < (int)(blockDim.x >> 5) ? shared32[lane] : -INFINITY;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();
+  return v;
+}
+
 __device__ __forceinline__ half2 u32_as_half2(uint32_t u) { return *reinterpret_cast<half2*>(&u); }
 
 // One w4 word (layout.h) → four half2 (1024 + q) pairs of elements (0,1) (2,3) (4,5) (6,7).

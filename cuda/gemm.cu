@@ -19,8 +19,12 @@ constexpr int LDS = BK + 8;      // smem row pitch in halves: 16 bytes of paddin
 constexpr int LDC = BN + 4;      // fp32 epilogue pitch
 constexpr int kThreads = 128;
 
-template <class W>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(W w, const half* __restrict__ x, half* __restrict__ y, int m) {
+__device__ __forceinline__ void store(half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+
+template <class W, class OutT>
+__global__ void __launch_bounds__(kThreads) gemm_kernel(W w, const half* __restrict__ x, OutT* __restrict__ y, int m,
+                                                        int64_t ldy) {
   using namespace nvcuda;
   __shared__ __align__(16) half As[BM * LDS];  // [row of x][k]
   __shared__ __align__(16) half Bs[BN * LDS];  // [row of W][k]  (= Wᵀ tile, column-major)
@@ -75,26 +79,32 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(W w, const half* __restr
   __syncthreads();
   for (int v = tid; v < BM * BN; v += kThreads) {
     const int r = v / BN, c = v % BN;
-    if (m0 + r < m && n0 + c < w.n) y[(m0 + r) * w.n + n0 + c] = __float2half_rn(Cs[r * LDC + c]);
+    if (m0 + r < m && n0 + c < w.n) store(y + (m0 + r) * ldy + n0 + c, Cs[r * LDC + c]);
   }
 }
 
-template <class W>
-void launch_gemm(const W& w, const half* x, half* y, int m, cudaStream_t stream) {
+template <class W, class OutT>
+void launch_gemm(const W& w, const half* x, OutT* y, int m, int64_t ldy, cudaStream_t stream) {
   const dim3 grid((unsigned)((w.n + BN - 1) / BN), (unsigned)((m + BM - 1) / BM));
-  gemm_kernel<<<grid, kThreads, 0, stream>>>(w, x, y, m);
+  gemm_kernel<<<grid, kThreads, 0, stream>>>(w, x, y, m, ldy);
   LINLY_CUDA_LAUNCHED("gemm_kernel");
 }
 
 }  // namespace
 
-void gemm_w4(const DeviceW4& w, const half* x, half* y, int m, cudaStream_t stream) {
-  with_w4_view(w, [&](const auto& v) { launch_gemm(v, x, y, m, stream); });
-}
-
-void gemm_w8(const DeviceW8& w, const half* x, half* y, int m, cudaStream_t stream) {
-  launch_gemm(w.view(), x, y, m, stream);
-}
+#define LINLY_GEMM_ENTRY(OUT)                                                                        \
+  void gemm_w4(const DeviceW4& w, const half* x, OUT* y, int m, int64_t ldy, cudaStream_t stream) {   \
+    with_w4_view(w, [&](const auto& v) { launch_gemm(v, x, y, m, ldy, stream); });                   \
+  }                                                                                                  \
+  void gemm_w8(const DeviceW8& w, const half* x, OUT* y, int m, int64_t ldy, cudaStream_t stream) {   \
+    launch_gemm(w.view(), x, y, m, ldy, stream);                                                     \
+  }                                                                                                  \
+  void gemm_w16(const DeviceW16& w, const half* x, OUT* y, int m, int64_t ldy, cudaStream_t stream) { \
+    launch_gemm(w.view(), x, y, m, ldy, stream);                                                     \
+  }
+LINLY_GEMM_ENTRY(half)
+LINLY_GEMM_ENTRY(float)
+#undef LINLY_GEMM_ENTRY
 
 }  // namespace cuda
 }  // namespace linly

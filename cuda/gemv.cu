@@ -15,8 +15,12 @@ namespace {
 
 constexpr int kWarps = 4;  // output rows per block
 
-template <int M, class W>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(W w, const half* __restrict__ x, half* __restrict__ y) {
+__device__ __forceinline__ void store(half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+
+template <int M, class W, class OutT>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(W w, const half* __restrict__ x, OutT* __restrict__ y,
+                                                           int64_t ldy) {
   const int lane = threadIdx.x & 31;
   const int64_t row = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (row >= w.n) return;
@@ -52,15 +56,15 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(W w, const half* __re
 #pragma unroll
   for (int r = 0; r < M; ++r) {
     const float v = warp_sum(acc[r]);
-    if (lane == 0) y[r * w.n + row] = __float2half_rn(v);
+    if (lane == 0) store(y + r * ldy + row, v);
   }
 }
 
-template <class W>
-void launch_gemv(const W& w, const half* x, half* y, int m, cudaStream_t stream) {
+template <class W, class OutT>
+void launch_gemv(const W& w, const half* x, OutT* y, int m, int64_t ldy, cudaStream_t stream) {
   const dim3 grid((unsigned)((w.n + kWarps - 1) / kWarps)), block(kWarps * 32);
   switch (m) {
-#define LINLY_GEMV_CASE(MM) case MM: gemv_kernel<MM><<<grid, block, 0, stream>>>(w, x, y); break;
+#define LINLY_GEMV_CASE(MM) case MM: gemv_kernel<MM><<<grid, block, 0, stream>>>(w, x, y, ldy); break;
     LINLY_GEMV_CASE(1) LINLY_GEMV_CASE(2) LINLY_GEMV_CASE(3) LINLY_GEMV_CASE(4)
     LINLY_GEMV_CASE(5) LINLY_GEMV_CASE(6) LINLY_GEMV_CASE(7) LINLY_GEMV_CASE(8)
 #undef LINLY_GEMV_CASE
@@ -71,13 +75,19 @@ void launch_gemv(const W& w, const half* x, half* y, int m, cudaStream_t stream)
 
 }  // namespace
 
-void gemv_w4(const DeviceW4& w, const half* x, half* y, int m, cudaStream_t stream) {
-  with_w4_view(w, [&](const auto& v) { launch_gemv(v, x, y, m, stream); });
-}
-
-void gemv_w8(const DeviceW8& w, const half* x, half* y, int m, cudaStream_t stream) {
-  launch_gemv(w.view(), x, y, m, stream);
-}
+#define LINLY_GEMV_ENTRY(OUT)                                                                        \
+  void gemv_w4(const DeviceW4& w, const half* x, OUT* y, int m, int64_t ldy, cudaStream_t stream) {   \
+    with_w4_view(w, [&](const auto& v) { launch_gemv(v, x, y, m, ldy, stream); });                   \
+  }                                                                                                  \
+  void gemv_w8(const DeviceW8& w, const half* x, OUT* y, int m, int64_t ldy, cudaStream_t stream) {   \
+    launch_gemv(w.view(), x, y, m, ldy, stream);                                                     \
+  }                                                                                                  \
+  void gemv_w16(const DeviceW16& w, const half* x, OUT* y, int m, int64_t ldy, cudaStream_t stream) { \
+    launch_gemv(w.view(), x, y, m, ldy, stream);                                                     \
+  }
+LINLY_GEMV_ENTRY(half)
+LINLY_GEMV_ENTRY(float)
+#undef LINLY_GEMV_ENTRY
 
 }  // namespace cuda
 }  // namespace linly

@@ -11,30 +11,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ float block_sum(float v, float* shared32) {
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) shared32[warp] = v;
-  __syncthreads();
-  v = lane < (int)(blockDim.x >> 5) ? shared32[lane] : 0.0f;
-  v = warp_sum(v);
-  __syncthreads();  // shared32 may be reused by the caller
-  return v;
-}
-
-__device__ float block_max(float v, float* shared32) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) shared32[warp] = v;
-  __syncthreads();
-  v = lane < (int)(blockDim.x >> 5) ? shared32[lane] : -INFINITY;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  __syncthreads();
-  return v;
-}
-
 // One block per row: y = x / rms(x) · w.
 __global__ void rmsnorm_kernel(const half* __restrict__ x, const float* __restrict__ w, half* __restrict__ y,
                                int64_t d, float eps) {
@@ -108,6 +84,113 @@ __global__ void attention_decode_kernel(const half* __restrict__ q, const half* 
   }
 }
 
+
+// ---- the decoder's fused steps (decoder.cu); positions and ids are read from device
+// memory so that one captured decode graph serves every position.
+
+// x[r] (f32 residual, [n][d]) = embedding row ids[r] of the fp16 table.
+__global__ void embed_kernel(const half* __restrict__ table, const int* __restrict__ ids, float* __restrict__ x,
+                             int64_t d) {
+  const half* src = table + (int64_t)ids[blockIdx.x] * d;
+  float* dst = x + blockIdx.x * d;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dst[i] = __half2float(src[i]);
+}
+
+// x += delta (when given: the sublayer's fp16 output), then y = rmsnorm(x) · w in fp16.
+// The residual stays f32, as in the CPU decoder: a 7B model's residual stream grows past
+// where fp16 spacing would blur small sublayer outputs.
+__global__ void add_rmsnorm_kernel(float* __restrict__ x, const half* __restrict__ delta, const float* __restrict__ w,
+                                   half* __restrict__ y, int64_t d, float eps) {
+  __shared__ float red[32];
+  float* xr = x + blockIdx.x * d;
+  const half* dr = delta ? delta + blockIdx.x * d : nullptr;
+  half* yr = y + blockIdx.x * d;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    float v = xr[i];
+    if (dr) {
+      v += __half2float(dr[i]);
+      xr[i] = v;
+    }
+    ss += v * v;
+  }
+  const float inv = rsqrtf(block_sum(ss, red) / (float)d + eps);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) yr[i] = __float2half_rn(w[i] * (xr[i] * inv));
+}
+
+// One row of the fused Q|K|V product ([n][qd + 2·kvd]) → biases (Qwen2), rotary at the
+// row's position on Q and K, Q to q_out [n][heads][hd], K and V into the layer's cache
+// rows [max_context][kv_heads][hd] at that position.
+__global__ void qkv_post_kernel(const half* __restrict__ qkv, const float* __restrict__ bq,
+                                const float* __restrict__ bk, const float* __restrict__ bv,
+                                const float* __restrict__ cos_t, const float* __restrict__ sin_t,
+                                const int* __restrict__ pos, half* __restrict__ q_out, half* __restrict__ kc,
+                                half* __restrict__ vc, int heads, int kv_heads, int hd) {
+  const int r = blockIdx.x, p = pos[r], half_hd = hd / 2;
+  const int64_t qd = (int64_t)heads * hd, kvd = (int64_t)kv_heads * hd;
+  const half* row = qkv + r * (qd + 2 * kvd);
+  const float* c = cos_t + (int64_t)p * half_hd;
+  const float* s = sin_t + (int64_t)p * half_hd;
+  for (int j = threadIdx.x; j < (heads + kv_heads) * half_hd; j += blockDim.x) {
+    const int head = j / half_hd, i = j % half_hd;
+    const bool is_q = head < heads;
+    const int h = is_q ? head : head - heads;
+    const int64_t off = (int64_t)h * hd;
+    const half* src = is_q ? row + off : row + qd + off;
+    const float* b = is_q ? bq : bk;
+    float a0 = __half2float(src[i]), a1 = __half2float(src[i + half_hd]);
+    if (b) {
+      a0 += b[off + i];
+      a1 += b[off + i + half_hd];
+    }
+    half* dst = is_q ? q_out + (int64_t)r * qd + off : kc + (int64_t)p * kvd + off;
+    dst[i] = __float2half_rn(a0 * c[i] - a1 * s[i]);
+    dst[i + half_hd] = __float2half_rn(a1 * c[i] + a0 * s[i]);
+  }
+  for (int64_t j = threadIdx.x; j < kvd; j += blockDim.x) {
+    float v = __half2float(row[qd + kvd + j]);
+    if (bv) v += bv[j];
+    vc[(int64_t)p * kvd + j] = __float2half_rn(v);
+  }
+}
+
+// gu: [n][2·ffn] (gate | up, the fused product) → out [n][ffn] = silu(gate) · up.
+__global__ void swiglu_rows_kernel(const half* __restrict__ gu, half* __restrict__ out, int64_t n, int64_t ffn) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n * ffn) return;
+  const int64_t r = i / ffn, j = i % ffn;
+  const float g = __half2float(gu[r * 2 * ffn + j]);
+  out[i] = __float2half_rn(g / (1.0f + __expf(-g)) * __half2float(gu[r * 2 * ffn + ffn + j]));
+}
+
+}  // namespace
+
+void embed(const half* table, const int* ids, float* x, int64_t rows, int64_t d, cudaStream_t s) {
+  embed_kernel<<<(unsigned)rows, kThreads, 0, s>>>(table, ids, x, d);
+  LINLY_CUDA_LAUNCHED("embed_kernel");
+}
+
+void add_rmsnorm(float* x, const half* delta, const float* w, half* y, int64_t rows, int64_t d, float eps,
+                 cudaStream_t s) {
+  add_rmsnorm_kernel<<<(unsigned)rows, kThreads, 0, s>>>(x, delta, w, y, d, eps);
+  LINLY_CUDA_LAUNCHED("add_rmsnorm_kernel");
+}
+
+void qkv_post(const half* qkv, const float* bq, const float* bk, const float* bv, const float* cos_t,
+              const float* sin_t, const int* pos, half* q_out, half* kc, half* vc, int64_t rows, int heads,
+              int kv_heads, int hd, cudaStream_t s) {
+  qkv_post_kernel<<<(unsigned)rows, kThreads, 0, s>>>(qkv, bq, bk, bv, cos_t, sin_t, pos, q_out, kc, vc, heads,
+                                                      kv_heads, hd);
+  LINLY_CUDA_LAUNCHED("qkv_post_kernel");
+}
+
+void swiglu_rows(const half* gu, half* out, int64_t rows, int64_t ffn, cudaStream_t s) {
+  const int64_t count = rows * ffn;
+  swiglu_rows_kernel<<<(unsigned)((count + kThreads - 1) / kThreads), kThreads, 0, s>>>(gu, out, rows, ffn);
+  LINLY_CUDA_LAUNCHED("swiglu_rows_kernel");
+}
+
+namespace {
 }  // namespace
 
 void rmsnorm(const half* x, const float* w, half* y, int64_t rows, int64_t d, float eps, cudaStream_t s) {

@@ -16,5 +16,26 @@ void rope(half* v, const int* pos, const float* cos_t, const float* sin_t, int64
 void attention_decode(const half* q, const half* kc, const half* vc, half* out, int len, int heads, int kv_heads,
                       int hd, float scale, cudaStream_t s);
 
+// The decoder's fused steps (device pointers; ids and positions in device memory).
+void embed(const half* table, const int* ids, float* x, int64_t rows, int64_t d, cudaStream_t s);
+void add_rmsnorm(float* x, const half* delta, const float* w, half* y, int64_t rows, int64_t d, float eps,
+                 cudaStream_t s);
+void qkv_post(const half* qkv, const float* bq, const float* bk, const float* bv, const float* cos_t,
+              const float* sin_t, const int* pos, half* q_out, half* kc, half* vc, int64_t rows, int heads,
+              int kv_heads, int hd, cudaStream_t s);
+void swiglu_rows(const half* gu, half* out, int64_t rows, int64_t ffn, cudaStream_t s);
+
+// Attention of `rows` query rows over a layer's cache (attention.cu): row r sees cache
+// positions 0..pos[r]. Split-K: each block scores one split of kSplitLen positions with
+// its own softmax statistics, a second kernel merges the splits. The launch shape
+// depends on max_context only, not on the positions, so a captured graph replays it.
+constexpr int kSplitLen = 256;
+constexpr int kMaxHeadDim = 256;
+inline int64_t attention_splits(int64_t max_context) { return (max_context + kSplitLen - 1) / kSplitLen; }
+// partial: [rows][heads][splits][hd] f32 and stats [rows][heads][splits][2] f32 scratch.
+void attention_rows(const half* q, const half* kc, const half* vc, const int* pos, float* partial, float* stats,
+                    half* out, int64_t rows, int heads, int kv_heads, int hd, int64_t max_context, float scale,
+                    cudaStream_t s);
+
 }  // namespace cuda
 }  // namespace linly

@@ -1,10 +1,23 @@
 // Device views of the GPU weight layouts (csrc/gpu/layout.h), with the one dequantiser
 // every kernel uses: eight consecutive elements of a row → four half2.
+//
+// Group index: row·groups_per_row + (k0 >> group_shift), both fixed on the host. (An
+// earlier version divided by the group size here, a 64-bit division per 32 weights that
+// made the GEMV instruction-bound at a third of the memory bandwidth on an H200.)
 #pragma once
 #include "common.cuh"
 
 namespace linly {
 namespace cuda {
+
+// log2 of a power-of-two group size; a group that is a whole row (k not a power of two)
+// takes 30, so that k0 >> 30 = 0 for any k0 < 2^30.
+inline int group_shift_of(int64_t group, int64_t k) {
+  if (group == k && (group & (group - 1))) return 30;
+  int s = 0;
+  while ((int64_t(1) << s) < group) ++s;
+  return s;
+}
 
 // KIND: 0 = q4_0 (z = 8), 1 = q4_1 (d·q + m), 2 = q4_g (z per group)
 template <int KIND>
@@ -14,7 +27,8 @@ struct W4View {
   const half* m;       // [n][k/group] (KIND 1)
   const uint8_t* z;    // [n][k/group] (KIND 2)
   int64_t n, k;
-  int group;
+  int64_t groups_per_row;
+  int group_shift;
   static constexpr int kElemsPerVec = 32;  // one uint4 of codes
 
   // (1024 + q) pairs → values: subtract 1024 + z (exact in fp16: small integers), then
@@ -37,7 +51,9 @@ struct W4View {
   __device__ __forceinline__ uint4 codes(int64_t row, int64_t k0) const {
     return __ldg(reinterpret_cast<const uint4*>(q + (row * k + k0) / 8));
   }
-  __device__ __forceinline__ int64_t group_of(int64_t row, int64_t k0) const { return row * (k / group) + k0 / group; }
+  __device__ __forceinline__ int64_t group_of(int64_t row, int64_t k0) const {
+    return row * groups_per_row + (k0 >> group_shift);
+  }
   // eight elements [k0 + 8·part, +8) of the vector `c` loaded by codes()
   __device__ __forceinline__ void dequant(const uint4& c, int part, int64_t gi, half2 out[4]) const {
     w4_word_to_half2x4((&c.x)[part], out);
@@ -54,13 +70,16 @@ struct W8View {
   const int8_t* q;  // [n][k]
   const half* d;    // [n][k/group]
   int64_t n, k;
-  int group;
+  int64_t groups_per_row;
+  int group_shift;
   static constexpr int kElemsPerVec = 16;
 
   __device__ __forceinline__ uint4 codes(int64_t row, int64_t k0) const {
     return __ldg(reinterpret_cast<const uint4*>(q + row * k + k0));
   }
-  __device__ __forceinline__ int64_t group_of(int64_t row, int64_t k0) const { return row * (k / group) + k0 / group; }
+  __device__ __forceinline__ int64_t group_of(int64_t row, int64_t k0) const {
+    return row * groups_per_row + (k0 >> group_shift);
+  }
   __device__ __forceinline__ void dequant(const uint4& c, int part, int64_t gi, half2 out[4]) const {
     w8_word_to_half2x2((&c.x)[2 * part], out);
     w8_word_to_half2x2((&c.x)[2 * part + 1], out + 2);
@@ -75,6 +94,28 @@ struct W8View {
     const half2 d2 = __half2half2(d[group_of(row, k0)]);
 #pragma unroll
     for (int i = 0; i < 4; ++i) out[i] = __hmul2(out[i], d2);
+  }
+};
+
+// Dense fp16 weights [n][k] (the fp16 decoder's matrices, and anything with no integer
+// GPU layout): the same kernels, with a dequantiser that is a reinterpretation.
+struct W16View {
+  const half* q;  // [n][k]
+  int64_t n, k;
+  static constexpr int kElemsPerVec = 8;
+
+  __device__ __forceinline__ uint4 codes(int64_t row, int64_t k0) const {
+    return __ldg(reinterpret_cast<const uint4*>(q + row * k + k0));
+  }
+  __device__ __forceinline__ int64_t group_of(int64_t, int64_t) const { return 0; }
+  __device__ __forceinline__ void dequant(const uint4& c, int, int64_t, half2 out[4]) const {
+    const half2* h = reinterpret_cast<const half2*>(&c);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = h[i];
+  }
+  __device__ __forceinline__ void dequant8(int64_t row, int64_t k0, half2 out[4]) const {
+    const uint4 c = codes(row, k0);
+    dequant(c, 0, 0, out);
   }
 };
 

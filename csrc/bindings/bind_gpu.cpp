@@ -2,6 +2,7 @@
 // weight matrices on the GPU. Without a CUDA build or a device the CUDA entry points
 // raise RuntimeError saying which of the two is missing.
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 #include <string>
 

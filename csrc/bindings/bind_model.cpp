@@ -20,6 +20,8 @@ T get(const py::dict& d, const char* key) {
   }
 }
 
+}  // namespace
+
 ModelConfig config_from_dict(const py::dict& d) {
   ModelConfig c;
   c.vocab = get<int64_t>(d, "vocab_size");
@@ -52,6 +54,31 @@ ModelConfig config_from_dict(const py::dict& d) {
   if (!problem.empty()) throw py::value_error("bad model config: " + problem);
   return c;
 }
+
+py::array_t<int32_t, py::array::c_style | py::array::forcecast> int_array(const py::object& in, const char* what) {
+  const py::array raw = py::array::ensure(in);
+  if (!raw || (raw.dtype().kind() != 'i' && raw.dtype().kind() != 'u'))
+    throw py::type_error(std::string(what) + " must be integers");
+  if (raw.ndim() != 1) throw py::value_error(std::string(what) + " must be 1-D, got shape " + shape_str(raw));
+  return raw;
+}
+
+void check_ids(const int32_t* p, int64_t n, int64_t vocab) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (p[i] < 0 || p[i] >= vocab)
+      throw py::value_error("token id " + std::to_string(p[i]) + " at index " + std::to_string(i) +
+                            " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+  }
+}
+
+void check_room(int64_t position, int64_t n, int64_t ctx) {
+  if (position + n > ctx)
+    throw py::value_error(std::to_string(n) + " tokens at position " + std::to_string(position) +
+                          " exceed the context of " + std::to_string(ctx) +
+                          " tokens; reset() the model, shorten the prompt or load with a larger max_context");
+}
+
+namespace {
 
 struct PyLlamaModel {
   py::list keep_alive;  // the matrices and arrays the native model points into
@@ -126,35 +153,14 @@ struct PyLlamaModel {
     model = std::make_unique<LlamaModel>(c, std::move(mw), kv_type, activations == "int8x2", default_kernels(), slots);
   }
 
-  static py::array_t<int32_t, py::array::c_style | py::array::forcecast> int_array(const py::object& in,
-                                                                                   const char* what) {
-    const py::array raw = py::array::ensure(in);
-    if (!raw || (raw.dtype().kind() != 'i' && raw.dtype().kind() != 'u'))
-      throw py::type_error(std::string(what) + " must be integers");
-    if (raw.ndim() != 1) throw py::value_error(std::string(what) + " must be 1-D, got shape " + shape_str(raw));
-    return raw;
-  }
-
   void check_slot(int64_t slot) const {
     if (slot < 0 || slot >= model->slots())
       throw py::value_error("slot " + std::to_string(slot) + " is outside [0, " + std::to_string(model->slots()) + ")");
   }
 
-  void check_ids(const int32_t* p, int64_t n) const {
-    const int64_t vocab = model->config().vocab;
-    for (int64_t i = 0; i < n; ++i) {
-      if (p[i] < 0 || p[i] >= vocab)
-        throw py::value_error("token id " + std::to_string(p[i]) + " at index " + std::to_string(i) +
-                              " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
-    }
-  }
-
+  void check_ids(const int32_t* p, int64_t n) const { py_bind::check_ids(p, n, model->config().vocab); }
   void check_room(int64_t slot, int64_t n) const {
-    const int64_t ctx = model->config().max_context;
-    if (model->position(slot) + n > ctx)
-      throw py::value_error(std::to_string(n) + " tokens at position " + std::to_string(model->position(slot)) +
-                            " exceed the context of " + std::to_string(ctx) +
-                            " tokens; reset() the model, shorten the prompt or load with a larger max_context");
+    py_bind::check_room(model->position(slot), n, model->config().max_context);
   }
 
   py::array forward(const py::object& ids_in, bool all_logits) {

@@ -8,4 +8,5 @@ PYBIND11_MODULE(_C, m) {
   linly::py_bind::bind_packed_matrix(m);
   linly::py_bind::bind_model(m);
   linly::py_bind::bind_gpu(m);
+  linly::py_bind::bind_cuda_model(m);
 }

@@ -16,6 +16,7 @@
 //   scales   fp16   [n][k/G]    G = 32 (q8_0) or G = k (per output channel)
 // Bytes per weight: w4 q4_0 4.5 bits (as on disk), q4_g128 4.19, q4_1 5; w8 q8_0 8.5.
 #pragma once
+#include <stdexcept>
 #include <cstdint>
 #include <vector>
 

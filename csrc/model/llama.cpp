@@ -1,5 +1,6 @@
 #include "model/llama.h"
 
+#include <stdexcept>
 #include <algorithm>
 #include <cmath>
 
@@ -63,22 +64,26 @@ void grow(std::vector<T>& v, size_t n) {
 
 }  // namespace
 
+void rope_tables(const ModelConfig& cfg, std::vector<float>& cos_t, std::vector<float>& sin_t) {
+  const int64_t half = cfg.head_dim / 2;
+  const std::vector<float> inv = inverse_frequencies(cfg);
+  cos_t.resize(cfg.max_context * half);
+  sin_t.resize(cfg.max_context * half);
+  for (int64_t p = 0; p < cfg.max_context; ++p) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = (float)p * inv[i];  // f32 product, as transformers forms it
+      cos_t[p * half + i] = (float)std::cos((double)angle);
+      sin_t[p * half + i] = (float)std::sin((double)angle);
+    }
+  }
+}
+
 LlamaModel::LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise,
                        const KernelTable& kernels, int64_t n_slots)
     : cfg_(cfg), w_(std::move(weights)), kv_type_(kv), precise_(precise), kt_(&kernels), pos_(n_slots, 0) {
   q_dim_ = cfg_.n_heads * cfg_.head_dim;
   kv_dim_ = cfg_.n_kv_heads * cfg_.head_dim;
-  const int64_t half = cfg_.head_dim / 2;
-  const std::vector<float> inv = inverse_frequencies(cfg_);
-  rope_cos_.resize(cfg_.max_context * half);
-  rope_sin_.resize(cfg_.max_context * half);
-  for (int64_t p = 0; p < cfg_.max_context; ++p) {
-    for (int64_t i = 0; i < half; ++i) {
-      const float angle = (float)p * inv[i];  // f32 product, as transformers forms it
-      rope_cos_[p * half + i] = (float)std::cos((double)angle);
-      rope_sin_[p * half + i] = (float)std::sin((double)angle);
-    }
-  }
+  rope_tables(cfg_, rope_cos_, rope_sin_);
   const size_t cache = (size_t)(n_slots * cfg_.n_layers * cfg_.max_context * kv_dim_);
   if (kv_type_ == KvCacheType::F32) {
     k_f32_.assign(cache, 0.0f);

@@ -25,6 +25,10 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
 };
 
+// The rotary cos/sin tables [max_context][head_dim/2] (rope scaling applied), shared
+// with the GPU decoder so that both rotate by the same numbers.
+void rope_tables(const ModelConfig& cfg, std::vector<float>& cos_t, std::vector<float>& sin_t);
+
 // Q8_0: int8 with an f16 scale per 32 values of a head (needs head_dim % 32 == 0):
 // 8.5 bits per value, 47 % less cache memory and traffic than f16.
 enum class KvCacheType { F32, F16, Q8_0 };

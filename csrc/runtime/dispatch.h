@@ -1,5 +1,6 @@
 // Chooses the kernel table: the best the CPU can run, or what LINLY_ISA forces.
 #pragma once
+#include <stdexcept>
 #include <string>
 #include <vector>
 

@@ -62,7 +62,8 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def load_model_and_tokenizer(path: str | os.PathLike | None = None, *, threads: int | None = None,
                              quant: str | None = None, max_context: int | None = None, kv_cache: str = "f16",
-                             activations: str = "int8x2", slots: int = 1, log=None) -> tuple[Model, Tokenizer]:
+                             activations: str = "int8x2", slots: int = 1, log=None,
+                             device: str = "cpu") -> tuple[Model, Tokenizer]:
     """The model (None: the default model, converted once into the cache folder) and the
     tokenizer it carries."""
     if path is None:
@@ -74,9 +75,14 @@ def load_model_and_tokenizer(path: str | os.PathLike | None = None, *, threads: 
 
     if threads is not None:
         _C.set_num_threads(threads)
+    if device == "cuda":
+        from linly_engine import cuda
+
+        cuda.require()  # before reading the weights
     ck = load_checkpoint(path)
     tok = load_tokenizer(carried_files(ck), ck.metadata.get("gguf_tokenizer_fields"))
-    model = Model(ck, quant=quant, max_context=max_context, kv_cache=kv_cache, activations=activations, slots=slots)
+    model = Model(ck, quant=quant, max_context=max_context, kv_cache=kv_cache, activations=activations, slots=slots,
+                  device=device)
     if tok.vocab_size > model.config["vocab_size"]:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's embedding only "
                          f"{model.config['vocab_size']} rows; they do not belong together")
@@ -111,13 +117,13 @@ class Engine:
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, template: str | None = None, threads: int | None = None,
              quant: str | None = None, max_context: int | None = None, kv_cache: str = "f16",
-             activations: str = "int8x2", log=None) -> "Engine":
+             activations: str = "int8x2", log=None, device: str = "cpu") -> "Engine":
         """Loads a model file or folder (any format ``Model.load`` reads); None loads the
         default model, converting it once into the cache folder. ``template``: a built-in
         chat template's name, or None/"auto" for the model's own (Linly-ChatFlow's when the
-        model has none)."""
+        model has none). ``device``: ``cpu`` or ``cuda`` (the GPU decoder)."""
         model, tok = load_model_and_tokenizer(path, threads=threads, quant=quant, max_context=max_context,
-                                              kv_cache=kv_cache, activations=activations, log=log)
+                                              kv_cache=kv_cache, activations=activations, log=log, device=device)
         return cls(model, tok, choose_template(template, tok.chat_template))
 
     # ---- text and ids -------------------------------------------------------------

@@ -60,6 +60,26 @@ def pack(t: Tensor, quant: str | None) -> _C.PackedMatrix:
     return _C.PackedMatrix(_C.quantize(t.to_f32(), target), target, k)
 
 
+GPU_MATRIX_FORMATS = ("q4_0", "q4_1", "q4_g32", "q4_g64", "q4_g128", "q8_0")
+
+
+def gpu_matrix(t: Tensor, quant: str | None) -> tuple[str, np.ndarray]:
+    """A weight matrix as the GPU decoder takes it: (format, on-disk rows) for the formats
+    with a GPU layout, otherwise ("f16", float16 [n, k]) dequantised on the host (f32,
+    bf16, K-quants, act-order checkpoints). quant converts first, as on the CPU."""
+    n, k = t.shape
+    if quant and quant != t.fmt:
+        block = _C.format_info(quant)["block_elems"]
+        if quant in GPU_MATRIX_FORMATS and k % block == 0:
+            return quant, _C.quantize(t.to_f32(), quant)
+        return "f16", t.to_f32().astype(np.float16)
+    if t.fmt in GPU_MATRIX_FORMATS and t.input_order is None:
+        return t.fmt, np.ascontiguousarray(t.row_bytes())
+    if t.fmt == "f16" and t.layout == "rows":
+        return "f16", np.ascontiguousarray(np.asarray(t.array).view(np.float16).reshape(n, k))
+    return "f16", t.to_f32().astype(np.float16)
+
+
 def memory_needed(cfg: dict[str, Any], tensors: dict[str, Tensor], slots: int, kv_cache: str) -> dict[str, int]:
     """Bytes a model will hold, from its config and its weights' declared shapes: weights,
     KV cache (every slot, the whole context) and the decoder's scratch for one
@@ -108,12 +128,20 @@ class Model:
     """A LLaMA-family model ready to run: ``prefill`` a prompt, then ``decode`` tokens."""
 
     def __init__(self, checkpoint: Checkpoint, *, quant: str | None = None, max_context: int | None = None,
-                 kv_cache: str = "f16", activations: str = "int8x2", slots: int = 1) -> None:
+                 kv_cache: str = "f16", activations: str = "int8x2", slots: int = 1, device: str = "cpu") -> None:
         cfg = dict(checkpoint.config)
         ctx = int(max_context or min(cfg.get("max_position_embeddings", 4096), 4096))
         if ctx < 1:
             raise ValueError(f"max_context must be >= 1, got {ctx}")
         cfg["max_context"] = ctx
+        self.config = cfg
+        self.checkpoint = checkpoint
+        self.device = device
+        if device == "cuda":
+            self._init_cuda(quant, kv_cache, slots)
+            return
+        if device != "cpu":
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         check_memory(cfg, checkpoint.tensors, slots, kv_cache)
         weights: dict[str, Any] = {}
         packed: dict[int, _C.PackedMatrix] = {}  # a tied head shares the embedding's matrix
@@ -125,16 +153,42 @@ class Model:
                 weights[name] = packed[id(t)]
             else:
                 weights[name] = np.ascontiguousarray(t.to_f32())
-        self.config = cfg
-        self.checkpoint = checkpoint
         self._native = _C.LlamaModel(cfg, weights, kv_cache, activations, slots)
         self.activations = activations
         self._weights = weights
 
+    def _init_cuda(self, quant: str | None, kv_cache: str, slots: int) -> None:
+        """The fp16 GPU decoder (cuda/decoder.h): matrices in their GPU layouts (or fp16),
+        fp16 activations with f32 accumulation, an fp16 KV cache, decode in a CUDA graph."""
+        from linly_engine import cuda
+
+        cuda.require()
+        if slots != 1:
+            raise ValueError(f"the GPU decoder runs one sequence; slots must be 1, got {slots}")
+        if kv_cache != "f16":
+            raise ValueError(f"the GPU decoder keeps an f16 KV cache; kv_cache={kv_cache!r} is CPU-only")
+        weights: dict[str, Any] = {}
+        for name, t in self.checkpoint.tensors.items():
+            if name == "model.embed_tokens.weight":
+                weights[name] = np.ascontiguousarray(t.to_f32().astype(np.float16))
+            if len(t.shape) == 2 and name != "model.embed_tokens.weight":
+                wanted = name.endswith(MATRIX_SUFFIXES + ("lm_head.weight",))
+                target = target_format(name, quant, t.fmt, t.shape[1]) if wanted and quant else None
+                weights[name] = gpu_matrix(t, target)
+            elif len(t.shape) != 2:
+                weights[name] = np.ascontiguousarray(t.to_f32())
+        if "lm_head.weight" not in weights:  # tied head: the embedding's matrix
+            t = self.checkpoint.tensors["model.embed_tokens.weight"]
+            weights["lm_head.weight"] = gpu_matrix(t, target_format("lm_head.weight", quant, t.fmt, t.shape[1])
+                                                   if quant else None)
+        self._native = _C.CudaLlamaModel(self.config, weights)
+        self.activations = "f16"
+        self._weights = {}
+
     @classmethod
     def load(cls, path: str | os.PathLike, *, threads: int | None = None, quant: str | None = None,
              max_context: int | None = None, kv_cache: str = "f16", activations: str = "int8x2",
-             slots: int = 1) -> "Model":
+             slots: int = 1, device: str = "cpu") -> "Model":
         """Loads a Hugging Face folder or a GGUF file.
 
         quant: converts the matrices (``q4_0``, ``q8_0``, ``f16`` …) in memory; None keeps
@@ -146,11 +200,19 @@ class Model:
         (default, as llama.cpp: half the memory traffic at long contexts), ``f32``, or
         ``q8_0`` (int8 with an f16 scale per 32 values: 47 % less than f16; needs
         head_dim % 32 == 0).
-        slots: independent sequences with their own KV cache (for batched serving)."""
+        slots: independent sequences with their own KV cache (for batched serving).
+        device: ``cpu`` (default) or ``cuda``, the fp16 GPU decoder (one sequence, f16 KV
+        cache; quantised matrices run as W4A16 / W8A16, others as fp16)."""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            from linly_engine import cuda
+
+            cuda.require()  # before reading gigabytes of weights
         if threads is not None:
             _C.set_num_threads(threads)
         return cls(load_checkpoint(path), quant=quant, max_context=max_context, kv_cache=kv_cache,
-                   activations=activations, slots=slots)
+                   activations=activations, slots=slots, device=device)
 
     @property
     def position(self) -> int:
@@ -198,6 +260,14 @@ class Model:
 
     def info(self) -> dict[str, Any]:
         """Architecture, hyper-parameters, formats and sizes."""
+        if self.device == "cuda":
+            fmts: dict[str, int] = {}
+            for name, t in self.checkpoint.tensors.items():
+                if len(t.shape) == 2:
+                    fmts[t.fmt] = fmts.get(t.fmt, 0) + 1
+            return {**self.config, "source": self.checkpoint.source, "device": "cuda", "matrix_formats": fmts,
+                    "weight_bytes": self._native.weight_bytes, "kv_cache_bytes": self._native.kv_cache_bytes,
+                    "activations": self.activations}
         formats: dict[str, int] = {}
         nbytes = 0
         seen = set()
@@ -217,4 +287,5 @@ class Model:
             "weight_bytes": nbytes,
             "kv_cache_bytes": self._native.kv_cache_bytes,
             "activations": self.activations,
+            "device": "cpu",
         }

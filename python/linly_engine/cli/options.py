@@ -21,6 +21,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="KV cache precision (default f16; q8_0: int8, 47 %% less memory)")
     g.add_argument("--activations", choices=["int8x2", "int8"], default="int8x2",
                    help="activation precision of the integer matmuls (default int8x2, closest to float)")
+    g.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cpu (default) or cuda: the fp16 GPU decoder (needs a CUDA build and an NVIDIA GPU)")
 
 
 def add_sampling_options(p: argparse.ArgumentParser, max_tokens: int = 512) -> None:
@@ -59,4 +61,4 @@ def load_engine(args: argparse.Namespace, model: Any):
 
     return Engine.load(model, template=args.template, threads=args.threads, quant=args.quant,
                        max_context=args.max_context, kv_cache=args.kv_cache, activations=args.activations,
-                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True), device=args.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from linly_engine.cli.options import add_sampling_options, sampling_from_args
 
@@ -14,10 +15,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         raise ValueError("--parallel must be at least 1")
     api_key = args.api_key or os.environ.get("LINLY_API_KEY")
+    if args.device == "cuda" and args.parallel != 1:
+        print("linly serve: the GPU decoder runs one sequence at a time; using --parallel 1", file=sys.stderr)
+        args.parallel = 1
     config = ServerConfig(model_path=args.model, model_name=args.model_name, api_key=api_key, parallel=args.parallel,
                           max_queue=args.max_queue, threads=args.threads, max_context=args.max_context,
                           template=args.template, kv_cache=args.kv_cache, activations=args.activations,
-                          defaults=sampling_from_args(args), max_request_bytes=args.max_request_bytes)
+                          defaults=sampling_from_args(args), max_request_bytes=args.max_request_bytes,
+                          device=args.device)
     print(f"linly serve: http://{args.host}:{args.port}/ (OpenAI API under /v1; {args.parallel} slots"
           f"{', API key required' if api_key else ''})", flush=True)
     serve(config, host=args.host, port=args.port, log_level=args.log_level)
@@ -43,6 +48,7 @@ def add_parser(sub) -> None:
     p.add_argument("-c", "--max-context", type=int, default=None, help="context per slot (default: model's, ≤4096)")
     p.add_argument("--template", default="auto", help="chat template (auto: the model's own)")
     p.add_argument("--kv-cache", choices=["f16", "f32", "q8_0"], default="f16")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu (default) or cuda (the GPU decoder)")
     p.add_argument("--activations", choices=["int8x2", "int8"], default="int8x2",
                    help="int8 roughly doubles batched throughput at llama.cpp's activation precision")
     add_sampling_options(p, max_tokens=1024)  # defaults for what a request leaves out

@@ -84,6 +84,7 @@ class ServerConfig:
     template: Optional[str] = None
     kv_cache: str = "f16"
     activations: str = "int8x2"
+    device: str = "cpu"  # "cuda": the GPU decoder, one sequence at a time
     default_max_tokens: int = 1024
     max_request_bytes: int = 4 << 20  # a body larger than this is refused (413) before it is read
     defaults: Any = None  # SamplingParams for fields a request leaves out (and for Linly's /chat)
@@ -109,7 +110,7 @@ class ServerState:
         try:
             model, tok = load_model_and_tokenizer(c.model_path, threads=c.threads, max_context=c.max_context,
                                                   kv_cache=c.kv_cache, activations=c.activations,
-                                                  slots=c.parallel)
+                                                  slots=c.parallel, device=c.device)
             self.tokenizer = tok
             self.template = choose_template(c.template, tok.chat_template)
             self.model_name = c.model_name or Path(model.checkpoint.source).stem

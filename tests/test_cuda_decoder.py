@@ -1,0 +1,120 @@
+"""The GPU decoder (``Model.load(..., device="cuda")``) on small random models made here:
+against transformers (fp16 weights) and against the CPU decoder (the quantised formats),
+over a multi-token prompt and 16 decode steps, prompts longer than one prefill chunk and
+one attention split, graph replay against plain launches, and its errors. The GPU tests
+skip without a device; the errors for a missing device run everywhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import linly_engine as le  # noqa: E402
+from test_model_hf import CASES, assert_close, make_model, reference_logits, run_engine  # noqa: E402
+
+needs_gpu = pytest.mark.skipif(not le.cuda.is_available(), reason=f"no CUDA: {le.cuda.unavailable_reason()}")
+
+PROMPT = list(range(3, 40))
+CONT = [7, 100, 250, 3, 3, 42, 17, 0, 9, 81, 64, 200, 11, 5, 150, 99]  # 16 decode steps
+
+
+def test_unknown_device_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'tpu'"):
+        le.Model.load(tmp_path, device="tpu")
+
+
+@pytest.mark.skipif(le.cuda.is_available(), reason="a GPU is here")
+def test_cuda_without_a_device_says_why(tmp_path):
+    _, path = make_model(tmp_path)
+    with pytest.raises(RuntimeError, match="CUDA was asked for but cannot be used"):
+        le.Model.load(path, device="cuda")
+    with pytest.raises(RuntimeError, match="CUDA was asked for but cannot be used"):
+        le.Engine.load(path, device="cuda")
+
+
+@needs_gpu
+@pytest.mark.parametrize("case", list(CASES) + ["qwen2"])
+def test_fp16_matches_transformers(tmp_path, case):
+    model, path = make_model(tmp_path, "qwen2") if case == "qwen2" else make_model(tmp_path, **CASES[case])
+    want = reference_logits(model, PROMPT + CONT)
+    m = le.Model.load(path, quant="f16", device="cuda")
+    assert m.info()["device"] == "cuda"
+    # fp16 activations and weights against transformers' f32: the tolerance of the CPU
+    # decoder's f16 test
+    assert_close(run_engine(m, PROMPT, CONT), want, 1e-2)
+
+
+@needs_gpu
+@pytest.mark.parametrize("quant", ["q4_0", "q4_1", "q4_g32", "q4_g64", "q8_0"])
+def test_quantised_matches_the_cpu_decoder(tmp_path, quant):
+    _, path = make_model(tmp_path)
+    cpu = le.Model.load(path, quant=quant, kv_cache="f32")
+    gpu = le.Model.load(path, quant=quant, device="cuda")
+    want = run_engine(cpu, PROMPT, CONT)
+    got = run_engine(gpu, PROMPT, CONT)
+    # the same weights; fp16 activations (GPU) against int8 + residual (CPU)
+    assert_close(got, want, 2e-2)
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
+
+
+@needs_gpu
+def test_long_prompt_crosses_chunks_and_attention_splits(tmp_path):
+    model, path = make_model(tmp_path, max_position_embeddings=1024)
+    ids = np.random.default_rng(3).integers(0, 251, 600).tolist()  # 3 prefill chunks, 3 cache splits
+    want = reference_logits(model, ids)
+    m = le.Model.load(path, quant="f16", device="cuda", max_context=1024)
+    assert_close(m.prefill(ids, all_logits=True), want, 1e-2)
+    m.reset()  # decode across the split boundary at 256
+    m.prefill(ids[:250])
+    rows = [m.decode(t) for t in ids[250:262]]
+    assert_close(np.stack(rows), want[250:262], 1e-2)
+
+
+@needs_gpu
+def test_graph_replay_equals_plain_launches(tmp_path):
+    _, path = make_model(tmp_path)
+    m = le.Model.load(path, quant="q4_0", device="cuda")
+    assert m._native.use_graph
+    with_graph = run_engine(m, PROMPT, CONT)
+    m._native.use_graph = False
+    without = run_engine(m, PROMPT, CONT)
+    np.testing.assert_array_equal(with_graph, without)
+
+
+@needs_gpu
+def test_prefix_caching_and_errors_on_the_gpu(tmp_path):
+    _, path = make_model(tmp_path)
+    m = le.Model.load(path, quant="f16", device="cuda", max_context=48)
+    whole = m.prefill(PROMPT, all_logits=True)
+    m.truncate(10)
+    np.testing.assert_allclose(m.prefill(PROMPT[10:]), whole[-1], rtol=1e-3, atol=1e-3 * np.abs(whole).max())
+    with pytest.raises(ValueError, match=r"20 tokens at position 37 exceed the context of 48 tokens"):
+        m.prefill(list(range(20)))
+    with pytest.raises(ValueError, match=r"token id 251 at index 1 is outside the vocabulary \[0, 251\)"):
+        m.prefill([1, 251])
+    m.reset()
+    assert m.position == 0 and m.decode(5).shape == (251,)
+    with pytest.raises(ValueError, match="slots must be 1"):
+        le.Model.load(path, device="cuda", slots=2)
+    with pytest.raises(ValueError, match="f16 KV cache"):
+        le.Model.load(path, device="cuda", kv_cache="q8_0")
+
+
+@needs_gpu
+def test_greedy_tokens_agree_with_the_cpu(tmp_path):
+    """Greedy next tokens of the GPU and the CPU decoder (both f16 weights) along one text."""
+    _, path = make_model(tmp_path)
+    cpu = le.Model.load(path, quant="f16", kv_cache="f32")
+    gpu = le.Model.load(path, quant="f16", device="cuda")
+    seq_cpu, seq_gpu = list(PROMPT), list(PROMPT)
+    lc, lg = cpu.prefill(seq_cpu), gpu.prefill(seq_gpu)
+    agree = 0
+    for _ in range(24):
+        a, b = int(np.argmax(lc)), int(np.argmax(lg))
+        agree += a == b
+        seq_cpu.append(a)
+        lc, lg = cpu.decode(a), gpu.decode(a)  # both continue the CPU's text
+    assert agree >= 22
