@@ -26,9 +26,9 @@ class Linear {
   // x: host fp16 bits [m][k] → y: host fp16 bits [m][n]. m ≤ 8 runs the GEMV kernel,
   // larger m the tensor-core GEMM; force_gemm runs the GEMM for any m (tests).
   virtual void forward_host(const uint16_t* x, uint16_t* y, int m, bool force_gemm) = 0;
-  // Median microseconds of one product with m rows of random device-resident input,
-  // over `iters` timed runs after warm-up (CUDA events), cycling through `copies`
-  // copies of the weights so the L2 cache does not serve them.
+  // Microseconds per product with m rows of random device-resident input: the median
+  // of 5 batches of `iters` back-to-back products between CUDA events, after warm-up,
+  // cycling through `copies` copies of the weights so the L2 cache does not serve them.
   virtual double time_us(int m, int iters, int copies) = 0;
 };
 

@@ -64,6 +64,46 @@ struct W4View {
     w4_word_to_half2x4(__ldg(q + (row * k + k0) / 8), out);
     scale_pairs(out, group_of(row, k0));
   }
+
+  // The GEMV's view of one row: vector s holds elements [32s, 32s+32), all in group
+  // s >> vec_shift. The scale and offset are loaded once per vector (Scale), and every
+  // constant is a bit pattern (1024 + z in fp16 is 0x6400 + z), not a conversion.
+  struct Scale {
+    half2 d, b;  // KIND 1: value = (p − 1024)·d + b (b = m); else (p − b)·d, b = 1024 + z
+  };
+  struct Row {
+    const uint4* codes_;
+    const half* d;
+    const half* m;
+    const uint8_t* z;
+    int vec_shift;
+    __device__ __forceinline__ uint4 codes(int s) const { return __ldg(codes_ + s); }
+    __device__ __forceinline__ Scale scale(int s) const {
+      const int g = s >> vec_shift;
+      Scale sc;
+      sc.d = __half2half2(d[g]);
+      if (KIND == 1) sc.b = __half2half2(m[g]);
+      else if (KIND == 0) sc.b = u32_as_half2(0x64086408u);  // 1024 + 8
+      else sc.b = u32_as_half2((0x6400u + z[g]) * 0x10001u);
+      return sc;
+    }
+    __device__ __forceinline__ void dequant(const uint4& c, int part, const Scale& sc, half2 out[4]) const {
+      w4_word_to_half2x4((&c.x)[part], out);
+      if (KIND == 1) {
+        const half2 b = u32_as_half2(0x64006400u);  // 1024
+#pragma unroll
+        for (int i = 0; i < 4; ++i) out[i] = __hfma2(__hsub2(out[i], b), sc.d, sc.b);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) out[i] = __hmul2(__hsub2(out[i], sc.b), sc.d);
+      }
+    }
+  };
+  __device__ __forceinline__ Row row_view(int64_t r) const {
+    return Row{reinterpret_cast<const uint4*>(q + r * (k / 8)), d + r * groups_per_row,
+               KIND == 1 ? m + r * groups_per_row : nullptr, KIND == 2 ? z + r * groups_per_row : nullptr,
+               group_shift - 5};
+  }
 };
 
 struct W8View {
@@ -95,6 +135,29 @@ struct W8View {
 #pragma unroll
     for (int i = 0; i < 4; ++i) out[i] = __hmul2(out[i], d2);
   }
+
+  // The GEMV's view of one row: vector s holds elements [16s, 16s+16).
+  struct Scale {
+    half2 d;
+  };
+  struct Row {
+    const uint4* codes_;
+    const half* d;
+    int vec_shift;
+    __device__ __forceinline__ uint4 codes(int s) const { return __ldg(codes_ + s); }
+    __device__ __forceinline__ Scale scale(int s) const { return Scale{__half2half2(d[s >> vec_shift])}; }
+    __device__ __forceinline__ void dequant(const uint4& c, int part, const Scale& sc, half2 out[4]) const {
+      w8_word_to_half2x2((&c.x)[2 * part], out);
+      w8_word_to_half2x2((&c.x)[2 * part + 1], out + 2);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) out[i] = __hmul2(out[i], sc.d);
+    }
+  };
+  __device__ __forceinline__ Row row_view(int64_t r) const {
+    // per-channel scales (group_shift 30, or log2 k) leave s >> vec_shift at 0
+    return Row{reinterpret_cast<const uint4*>(q + r * k), d + r * groups_per_row,
+               group_shift >= 30 ? 30 : group_shift - 4};
+  }
 };
 
 // Dense fp16 weights [n][k] (the fp16 decoder's matrices, and anything with no integer
@@ -117,6 +180,19 @@ struct W16View {
     const uint4 c = codes(row, k0);
     dequant(c, 0, 0, out);
   }
+
+  struct Scale {};
+  struct Row {
+    const uint4* codes_;
+    __device__ __forceinline__ uint4 codes(int s) const { return __ldg(codes_ + s); }
+    __device__ __forceinline__ Scale scale(int) const { return Scale{}; }
+    __device__ __forceinline__ void dequant(const uint4& c, int, const Scale&, half2 out[4]) const {
+      const half2* h = reinterpret_cast<const half2*>(&c);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) out[i] = h[i];
+    }
+  };
+  __device__ __forceinline__ Row row_view(int64_t r) const { return Row{reinterpret_cast<const uint4*>(q + r * k)}; }
 };
 
 }  // namespace cuda

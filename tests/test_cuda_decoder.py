@@ -35,6 +35,40 @@ def test_cuda_without_a_device_says_why(tmp_path):
         le.Engine.load(path, device="cuda")
 
 
+@pytest.mark.skipif(not le.cuda.built() or le.cuda.is_available(), reason="needs a CUDA build without a device")
+def test_gpu_weights_are_checked_before_the_device(tmp_path):
+    """The GPU model's argument checks run before it looks for a device, so CI (a CUDA
+    build, no GPU) covers them: valid sets get as far as the device, bad ones say why."""
+    from linly_engine.model import gpu_weights, load_checkpoint
+
+    _, path = make_model(tmp_path, "qwen2")
+    ck = load_checkpoint(path)
+    cfg = dict(ck.config, max_context=64)
+    for quant in ("q4_0", "q4_g64", "q8_0", "f16", None):
+        with pytest.raises(RuntimeError, match="no usable CUDA device"):
+            le._C.CudaLlamaModel(cfg, gpu_weights(ck, quant))
+    bad = gpu_weights(ck, "q4_0")
+    bad["model.layers.0.self_attn.o_proj.weight"] = ("f16", np.zeros((3, 5), np.float16))
+    with pytest.raises(ValueError, match=r"o_proj.weight' has shape \(3, 5\) but the config needs \(64, 64\)"):
+        le._C.CudaLlamaModel(cfg, bad)
+    bad = gpu_weights(ck, "q4_0")
+    bad["model.layers.1.mlp.up_proj.weight"] = ("q4_0", np.zeros((96, 7), np.uint8))
+    with pytest.raises(ValueError):
+        le._C.CudaLlamaModel(cfg, bad)
+    bad = gpu_weights(ck, None)
+    del bad["model.layers.0.self_attn.k_proj.bias"]
+    with pytest.raises(ValueError, match="missing weight 'model.layers.0.self_attn.k_proj.bias'"):
+        le._C.CudaLlamaModel(cfg, bad)
+    bad = gpu_weights(ck, None)
+    bad["model.embed_tokens.weight"] = np.zeros((251, 64), np.float32)
+    with pytest.raises(ValueError, match="must be a float16 \\[251, 64\\] array"):
+        le._C.CudaLlamaModel(cfg, bad)
+    bad = gpu_weights(ck, None)
+    bad["lm_head.weight"] = np.zeros((251, 64), np.float16)
+    with pytest.raises(TypeError, match="must be a \\(format, array\\) tuple"):
+        le._C.CudaLlamaModel(cfg, bad)
+
+
 @needs_gpu
 @pytest.mark.parametrize("case", list(CASES) + ["qwen2"])
 def test_fp16_matches_transformers(tmp_path, case):

@@ -73,16 +73,13 @@ struct PyCudaModel {
   }
 
   PyCudaModel(const py::dict& cfg_dict, const py::dict& w) : cfg(config_from_dict(cfg_dict)) {
-    std::string why;
-    if (cuda::device_count(&why) == 0)
-      throw std::runtime_error("no usable CUDA device (" + why + "); load the model on the CPU (device='cpu')");
     const ModelConfig& c = cfg;
     const int64_t q = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
     cuda::HostModel hm;
     hm.cfg = c;
     {
-      py::array e = py::array::ensure(w.contains("model.embed_tokens.weight") ? w["model.embed_tokens.weight"]
-                                                                                : py::none());
+      py::array e;
+      if (w.contains("model.embed_tokens.weight")) e = py::array::ensure(w["model.embed_tokens.weight"]);
       if (!e || e.dtype().kind() != 'f' || e.itemsize() != 2 || e.ndim() != 2 || !(e.flags() & py::array::c_style) ||
           e.shape(0) != c.vocab || e.shape(1) != c.dim)
         throw py::value_error("'model.embed_tokens.weight' must be a float16 [" + std::to_string(c.vocab) + ", " +
@@ -109,6 +106,10 @@ struct PyCudaModel {
       L.bv = vector(w, p + "self_attn.v_proj.bias", kvd, !c.qkv_bias);
       hm.layers.push_back(L);
     }
+    // every argument checked (tests/test_cuda_decoder.py does so without a GPU); now the device
+    std::string why;
+    if (cuda::device_count(&why) == 0)
+      throw std::runtime_error("no usable CUDA device (" + why + "); load the model on the CPU (device='cpu')");
     std::vector<float> cos_t, sin_t;
     rope_tables(c, cos_t, sin_t);
     hm.rope_cos = cos_t.data();

@@ -80,6 +80,26 @@ def gpu_matrix(t: Tensor, quant: str | None) -> tuple[str, np.ndarray]:
     return "f16", t.to_f32().astype(np.float16)
 
 
+def gpu_weights(checkpoint: Checkpoint, quant: str | None) -> dict[str, Any]:
+    """The tensor set as ``_C.CudaLlamaModel`` takes it: (format, array) per matrix
+    (``gpu_matrix``), the embedding as float16 [vocab, dim] (the GPU gathers rows of it),
+    norms and biases as float32."""
+    weights: dict[str, Any] = {}
+    for name, t in checkpoint.tensors.items():
+        if name == "model.embed_tokens.weight":
+            weights[name] = np.ascontiguousarray(t.to_f32().astype(np.float16))
+        elif len(t.shape) == 2:
+            wanted = name.endswith(MATRIX_SUFFIXES + ("lm_head.weight",))
+            weights[name] = gpu_matrix(t, target_format(name, quant, t.fmt, t.shape[1]) if wanted and quant else None)
+        else:
+            weights[name] = np.ascontiguousarray(t.to_f32())
+    if "lm_head.weight" not in weights:  # tied head: the embedding's matrix
+        t = checkpoint.tensors["model.embed_tokens.weight"]
+        weights["lm_head.weight"] = gpu_matrix(t, target_format("lm_head.weight", quant, t.fmt, t.shape[1])
+                                               if quant else None)
+    return weights
+
+
 def memory_needed(cfg: dict[str, Any], tensors: dict[str, Tensor], slots: int, kv_cache: str) -> dict[str, int]:
     """Bytes a model will hold, from its config and its weights' declared shapes: weights,
     KV cache (every slot, the whole context) and the decoder's scratch for one
@@ -167,20 +187,7 @@ class Model:
             raise ValueError(f"the GPU decoder runs one sequence; slots must be 1, got {slots}")
         if kv_cache != "f16":
             raise ValueError(f"the GPU decoder keeps an f16 KV cache; kv_cache={kv_cache!r} is CPU-only")
-        weights: dict[str, Any] = {}
-        for name, t in self.checkpoint.tensors.items():
-            if name == "model.embed_tokens.weight":
-                weights[name] = np.ascontiguousarray(t.to_f32().astype(np.float16))
-            if len(t.shape) == 2 and name != "model.embed_tokens.weight":
-                wanted = name.endswith(MATRIX_SUFFIXES + ("lm_head.weight",))
-                target = target_format(name, quant, t.fmt, t.shape[1]) if wanted and quant else None
-                weights[name] = gpu_matrix(t, target)
-            elif len(t.shape) != 2:
-                weights[name] = np.ascontiguousarray(t.to_f32())
-        if "lm_head.weight" not in weights:  # tied head: the embedding's matrix
-            t = self.checkpoint.tensors["model.embed_tokens.weight"]
-            weights["lm_head.weight"] = gpu_matrix(t, target_format("lm_head.weight", quant, t.fmt, t.shape[1])
-                                                   if quant else None)
+        weights = gpu_weights(self.checkpoint, quant)
         self._native = _C.CudaLlamaModel(self.config, weights)
         self.activations = "f16"
         self._weights = {}
