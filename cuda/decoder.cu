@@ -175,7 +175,8 @@ class DecoderImpl final : public Decoder {
       : c_(m.cfg),
         q_dim_(c_.n_heads * c_.head_dim),
         kv_dim_(c_.n_kv_heads * c_.head_dim),
-        splits_(attention_splits(c_.max_context)),
+        // attention scratch rows × splits: the larger of a prompt chunk's and a decode row's
+        splits_(std::max(kChunk * attention_splits(c_.max_context, kChunk), attention_splits(c_.max_context, 1))),
         ids_h_(kChunk),
         pos_h_(kChunk),
         logits_h_(c_.vocab) {
@@ -213,8 +214,8 @@ class DecoderImpl final : public Decoder {
     o_ = DeviceArray<uint16_t>(kChunk * c_.dim);              // [chunk, dim] a sublayer's output
     gu_ = DeviceArray<uint16_t>(kChunk * 2 * c_.ffn_dim);     // [chunk, 2 ffn] gate | up
     act_ = DeviceArray<uint16_t>(kChunk * c_.ffn_dim);        // [chunk, ffn]
-    partial_ = DeviceArray<float>(kChunk * c_.n_heads * splits_ * c_.head_dim);  // [chunk, heads, splits, hd]
-    stats_ = DeviceArray<float>(kChunk * c_.n_heads * splits_ * 2);              // [chunk, heads, splits, 2]
+    partial_ = DeviceArray<float>(c_.n_heads * splits_ * c_.head_dim);  // [rows·splits, heads, hd]
+    stats_ = DeviceArray<float>(c_.n_heads * splits_ * 2);              // [rows·splits, heads, 2]
     logits_ = DeviceArray<float>(kChunk * c_.vocab);          // [chunk, vocab]
     LINLY_CUDA_CHECK(cudaDeviceSynchronize());
   }
@@ -331,7 +332,8 @@ class DecoderImpl final : public Decoder {
   }
 
   ModelConfig c_;
-  int64_t q_dim_, kv_dim_, splits_;
+  int64_t q_dim_, kv_dim_;
+  int64_t splits_;  // rows × attention splits the scratch holds
   int64_t position_ = 0;
   bool use_graph_ = true;
   cudaStream_t stream_ = nullptr;

@@ -9,6 +9,9 @@
 // the compiler keep one load per lane in flight and ran at a third of the H200's
 // bandwidth, the same time per element for 4-bit and 8-bit weights. The activations
 // are re-read by every warp from L1/L2, never from DRAM twice.
+#include <cstdlib>
+#include <string>
+
 #include "api_impl.cuh"
 
 namespace linly {
@@ -82,9 +85,115 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(W w, const half* __re
   }
 }
 
+// ---- The tensor-core variant (LINLY_GEMV=mma): the same dequantised weights, but the
+// products and their fp32 sums go to mma.sync m16n8k16 instead of half2 FMAs and
+// conversions, about a third of the scalar kernel's instructions per weight.
+//
+// A warp covers 8 weight rows (the mma's n) and the block's 4 warps split K between them.
+// Lane (g, t) = (lane / 4, lane % 4) loads vector 4q + t of weight row g and the same
+// elements of activation row g (zero for g ≥ M): a dot product does not care in which
+// order its k run, so each mma's 16 k-slots are taken as 4 consecutive elements of each
+// of the 4 lanes' vectors, the same for A's rows and B's columns (PTX fragment layout:
+// a0/b0 hold slots 2t, 2t+1, a2/b1 slots 2t+8, 2t+9; rows 8-15 of A are zero). Lane
+// (g, t) ends with y[g][2t] and y[g][2t + 1] of its warp's 8 rows in c0, c1.
+constexpr int kMmaUnroll = 4;
+
+__device__ __forceinline__ void mma_16816(float c[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+template <int M, class W, class OutT>
+__global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(W w, const half* __restrict__ x,
+                                                               OutT* __restrict__ y, int64_t ldy) {
+  constexpr int E = W::kElemsPerVec;  // elements of a lane's vector
+  constexpr int H2 = E / 2;           // its half2 pairs; two per mma
+  __shared__ float red[kWarps][M][8];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t n0 = (int64_t)blockIdx.x * 8;
+  const int64_t wrow = n0 + g < w.n ? n0 + g : w.n - 1;  // rows past n repeat the last, never stored
+  const typename W::Row wr = w.row_view(wrow);
+  const int steps = (int)(w.k / E);
+  float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+  for (int q0 = warp; q0 * 4 < steps; q0 += kWarps * kMmaUnroll) {
+    uint4 c[kMmaUnroll];
+    typename W::Scale sc[kMmaUnroll];
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int s = (q0 + kWarps * u) * 4 + t;
+      if (s < steps) {
+        c[u] = wr.codes(s);
+        sc[u] = wr.scale(s);
+      } else {
+        c[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int s = (q0 + kWarps * u) * 4 + t;
+      uint32_t a[H2], b[H2];
+      if (s < steps) {
+#pragma unroll
+        for (int part = 0; part < E / 8; ++part) {
+          half2 wv[4];
+          wr.dequant(c[u], part, sc[u], wv);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) b[part * 4 + i] = *reinterpret_cast<uint32_t*>(&wv[i]);
+          uint4 xv = make_uint4(0, 0, 0, 0);
+          if (g < M) xv = __ldg(reinterpret_cast<const uint4*>(x + g * w.k + (int64_t)s * E + part * 8));
+          a[part * 4 + 0] = xv.x; a[part * 4 + 1] = xv.y; a[part * 4 + 2] = xv.z; a[part * 4 + 3] = xv.w;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < H2; ++i) a[i] = b[i] = 0u;
+      }
+#pragma unroll
+      for (int j = 0; j < H2 / 2; ++j) mma_16816(acc[j & 1], a[2 * j], a[2 * j + 1], b[2 * j], b[2 * j + 1]);
+    }
+  }
+  if (g < M) {
+    red[warp][g][2 * t] = acc[0][0] + acc[1][0];
+    red[warp][g][2 * t + 1] = acc[0][1] + acc[1][1];
+  }
+  __syncthreads();
+  if (threadIdx.x < M * 8) {
+    const int r = threadIdx.x / 8, col = threadIdx.x % 8;
+    float v = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kWarps; ++i) v += red[i][r][col];
+    if (n0 + col < w.n) store(y + r * ldy + n0 + col, v);
+  }
+}
+
+// LINLY_GEMV=mma picks the tensor-core variant (read once); the default is the scalar one.
+bool use_mma_gemv() {
+  static const bool on = [] {
+    const char* e = std::getenv("LINLY_GEMV");
+    return e && std::string(e) == "mma";
+  }();
+  return on;
+}
+
 template <class W, class OutT>
 void launch_gemv(const W& w, const half* x, OutT* y, int m, int64_t ldy, cudaStream_t stream) {
-  const dim3 grid((unsigned)((w.n + kWarps - 1) / kWarps)), block(kWarps * 32);
+  const dim3 block(kWarps * 32);
+  if (use_mma_gemv()) {
+    const dim3 grid((unsigned)((w.n + 7) / 8));
+    switch (m) {
+#define LINLY_GEMV_CASE(MM) case MM: gemv_mma_kernel<MM><<<grid, block, 0, stream>>>(w, x, y, ldy); break;
+      LINLY_GEMV_CASE(1) LINLY_GEMV_CASE(2) LINLY_GEMV_CASE(3) LINLY_GEMV_CASE(4)
+      LINLY_GEMV_CASE(5) LINLY_GEMV_CASE(6) LINLY_GEMV_CASE(7) LINLY_GEMV_CASE(8)
+#undef LINLY_GEMV_CASE
+      default: throw std::invalid_argument("the GEMV path takes 1 to 8 rows");
+    }
+    LINLY_CUDA_LAUNCHED("gemv_mma_kernel");
+    return;
+  }
+  const dim3 grid((unsigned)((w.n + kWarps - 1) / kWarps));
   switch (m) {
 #define LINLY_GEMV_CASE(MM) case MM: gemv_kernel<MM><<<grid, block, 0, stream>>>(w, x, y, ldy); break;
     LINLY_GEMV_CASE(1) LINLY_GEMV_CASE(2) LINLY_GEMV_CASE(3) LINLY_GEMV_CASE(4)

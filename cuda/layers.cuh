@@ -26,12 +26,18 @@ void qkv_post(const half* qkv, const float* bq, const float* bk, const float* bv
 void swiglu_rows(const half* gu, half* out, int64_t rows, int64_t ffn, cudaStream_t s);
 
 // Attention of `rows` query rows over a layer's cache (attention.cu): row r sees cache
-// positions 0..pos[r]. Split-K: each block scores one split of kSplitLen positions with
+// positions 0..pos[r]. Split-K: each block scores one split of attention_split_len positions with
 // its own softmax statistics, a second kernel merges the splits. The launch shape
 // depends on max_context only, not on the positions, so a captured graph replays it.
-constexpr int kSplitLen = 256;
+// A decode step (one row) cuts the cache finely, so that even a short context gives
+// heads × splits blocks to fill the GPU; prompt rows already give rows × heads blocks.
+constexpr int kMaxSplitLen = 256;
 constexpr int kMaxHeadDim = 256;
-inline int64_t attention_splits(int64_t max_context) { return (max_context + kSplitLen - 1) / kSplitLen; }
+inline int attention_split_len(int64_t rows) { return rows == 1 ? 32 : kMaxSplitLen; }
+inline int64_t attention_splits(int64_t max_context, int64_t rows) {
+  const int len = attention_split_len(rows);
+  return (max_context + len - 1) / len;
+}
 // partial: [rows][heads][splits][hd] f32 and stats [rows][heads][splits][2] f32 scratch.
 void attention_rows(const half* q, const half* kc, const half* vc, const int* pos, float* partial, float* stats,
                     half* out, int64_t rows, int heads, int kv_heads, int hd, int64_t max_context, float scale,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import time
 
 import numpy as np
@@ -129,10 +130,11 @@ def linly_decode(fmt: str, prompt: int, gen: int, layers: int, device: str = "cu
         if device == "cuda":
             model._native.use_graph = graph
         run(4)
-        full = [run(gen) for _ in range(3)]
-        pre = [run(1) for _ in range(3)]
+        full = [run(gen) for _ in range(2)]
+        pre = [run(1) for _ in range(2)]
         tps = (gen - 1) / (min(full) - min(pre))
-        out.append({"engine": "linly cuda" + (" (graph)" if graph else " (no graph)"), "fmt": fmt,
+        variant = " mma" if os.environ.get("LINLY_GEMV") == "mma" else ""
+        out.append({"engine": f"linly cuda{variant}" + (" (graph)" if graph else " (no graph)"), "fmt": fmt,
                     "decode_tok/s": tps, "generate_s": min(full), "prompt_s": min(pre), "load_s": load_s,
                     "weight_GB": weight_gb, "weight_GB/s": weight_gb * tps})
         print(out[-1], flush=True)

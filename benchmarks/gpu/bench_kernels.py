@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 
 import numpy as np
 
@@ -21,8 +22,14 @@ FORMATS = ["q4_0", "q4_g128", "q4_1", "q8_0", "int8"]
 GEMM_M = [16, 64, 128, 256, 512]
 
 
+_W: dict = {}
+
+
 def linear(fmt: str, n: int, k: int) -> le.cuda.Linear:
-    w = (np.random.default_rng(n + k).standard_normal((n, k)) * 0.02).astype(np.float32)
+    if (n, k) not in _W:
+        _W.clear()
+        _W[(n, k)] = np.random.default_rng(n + k).standard_normal((n, k), dtype=np.float32) * 0.02
+    w = _W[(n, k)]
     return le.cuda.Linear(w, "int8") if fmt == "int8" else le.cuda.Linear(le.quantize(w, fmt), fmt, k)
 
 
@@ -55,15 +62,18 @@ def torch_fp16_us(n: int, k: int, m: int, copies: int) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--no-gemm", action="store_true", help="time the GEMV only")
     args = ap.parse_args()
+    formats = args.formats.split(",")
     le.cuda.require()
-    print("device:", le.cuda.device_name())
+    print("device:", le.cuda.device_name(), "| GEMV variant:", os.environ.get("LINLY_GEMV", "scalar"))
     copy_bw = le.cuda.copy_bandwidth_gbs(1 << 30, 20)
     print(f"device-to-device copy: {copy_bw:.0f} GB/s (read + write)")
     rows = []
     # Enough copies of each matrix that the 50-60 MB L2 cannot hold them: >= 512 MB in all.
     for n, k in SHAPES:
-        for fmt in FORMATS:
+        for fmt in formats:
             lin = linear(fmt, n, k)
             copies = max(2, math.ceil((512 << 20) / lin.weight_bytes))
             us = lin.time_us(1, 100, copies)
@@ -74,7 +84,7 @@ def main() -> None:
         if t16 is not None:
             rows.append({"kind": "gemv", "shape": f"{n}x{k}", "fmt": "torch fp16", "m": 1, "us": t16,
                          "GB/s": 2 * n * k / (t16 * 1e3), "of_copy_bw": 2 * n * k / (t16 * 1e3) / copy_bw})
-    for n, k in SHAPES[:3]:
+    for n, k in [] if args.no_gemm else SHAPES[:3]:
         for fmt in ("q4_g128", "q8_0"):
             lin = linear(fmt, n, k)
             for m in GEMM_M:

@@ -83,20 +83,27 @@ def gpu_matrix(t: Tensor, quant: str | None) -> tuple[str, np.ndarray]:
 def gpu_weights(checkpoint: Checkpoint, quant: str | None) -> dict[str, Any]:
     """The tensor set as ``_C.CudaLlamaModel`` takes it: (format, array) per matrix
     (``gpu_matrix``), the embedding as float16 [vocab, dim] (the GPU gathers rows of it),
-    norms and biases as float32."""
+    norms and biases as float32. With ``quant`` the embedding takes the values the CPU
+    decoder's quantised table holds, and a tied head the embedding's format, so that both
+    decoders run the same model."""
     weights: dict[str, Any] = {}
+    targets: dict[int, str | None] = {}  # a tensor shared by two names gets one format, as on the CPU
     for name, t in checkpoint.tensors.items():
-        if name == "model.embed_tokens.weight":
-            weights[name] = np.ascontiguousarray(t.to_f32().astype(np.float16))
-        elif len(t.shape) == 2:
-            wanted = name.endswith(MATRIX_SUFFIXES + ("lm_head.weight",))
-            weights[name] = gpu_matrix(t, target_format(name, quant, t.fmt, t.shape[1]) if wanted and quant else None)
-        else:
+        if len(t.shape) != 2:
             weights[name] = np.ascontiguousarray(t.to_f32())
-    if "lm_head.weight" not in weights:  # tied head: the embedding's matrix
+            continue
+        wanted = name.endswith(MATRIX_SUFFIXES + ("embed_tokens.weight", "lm_head.weight"))
+        target = targets.setdefault(id(t), target_format(name, quant, t.fmt, t.shape[1]) if wanted and quant else None)
+        if name == "model.embed_tokens.weight":
+            emb = t.to_f32()
+            if target and target != t.fmt and emb.shape[1] % _C.format_info(target)["block_elems"] == 0:
+                emb = _C.dequantize(_C.quantize(emb, target), target, emb.shape[1]).reshape(emb.shape)
+            weights[name] = np.ascontiguousarray(emb.astype(np.float16))
+        else:
+            weights[name] = gpu_matrix(t, target)
+    if "lm_head.weight" not in weights:  # tied head: the embedding's matrix, in the embedding's format
         t = checkpoint.tensors["model.embed_tokens.weight"]
-        weights["lm_head.weight"] = gpu_matrix(t, target_format("lm_head.weight", quant, t.fmt, t.shape[1])
-                                               if quant else None)
+        weights["lm_head.weight"] = gpu_matrix(t, targets.get(id(t)))
     return weights
 
 
