@@ -11,6 +11,7 @@
 // are re-read by every warp from L1/L2, never from DRAM twice.
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "api_impl.cuh"
 
@@ -169,6 +170,78 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(W w, const half* 
   }
 }
 
+// q4_g128 on the tensor cores: a warp step covers k [128q, 128q + 128) of its 8 rows,
+// which is exactly group q of each row, so B holds the exact small integers q − z and
+// the group's scale is applied to the fp32 mma result of the step (two FFMAs per lane)
+// instead of to every weight in fp16: fewer instructions, and no fp16 rounding of the
+// scaled weights. Lane (g, t) needs the scales of the rows its C columns hold, 2t and 2t+1.
+template <int M, class OutT>
+__global__ void __launch_bounds__(kWarps * 32) gemv_mma_g128_kernel(W4View<2> w, const half* __restrict__ x,
+                                                                    OutT* __restrict__ y, int64_t ldy) {
+  __shared__ float red[kWarps][M][8];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t n0 = (int64_t)blockIdx.x * 8, last = w.n - 1;
+  const int64_t wrow = n0 + g < w.n ? n0 + g : last;
+  const uint4* codes = reinterpret_cast<const uint4*>(w.q + wrow * (w.k / 8));
+  const uint8_t* zr = w.z + wrow * w.groups_per_row;
+  const half* d0 = w.d + (n0 + 2 * t < w.n ? n0 + 2 * t : last) * w.groups_per_row;
+  const half* d1 = w.d + (n0 + 2 * t + 1 < w.n ? n0 + 2 * t + 1 : last) * w.groups_per_row;
+  const int groups = (int)w.groups_per_row;
+  float acc0 = 0.0f, acc1 = 0.0f;
+  for (int q0 = warp; q0 < groups; q0 += kWarps * kMmaUnroll) {
+    uint4 c[kMmaUnroll];
+    half2 zb[kMmaUnroll];
+    float s0[kMmaUnroll], s1[kMmaUnroll];
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int q = q0 + kWarps * u;
+      if (q < groups) {
+        c[u] = __ldg(codes + 4 * q + t);
+        zb[u] = u32_as_half2((0x6400u + zr[q]) * 0x10001u);  // 1024 + z
+        s0[u] = __half2float(d0[q]);
+        s1[u] = __half2float(d1[q]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int q = q0 + kWarps * u;
+      if (q >= groups) break;  // the same for the whole warp: mma.sync needs every lane
+      uint32_t a[16], b[16];
+#pragma unroll
+      for (int part = 0; part < 4; ++part) {
+        half2 wv[4];
+        w4_word_to_half2x4((&c[u].x)[part], wv);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const half2 v = __hsub2(wv[i], zb[u]);  // exact: small integers
+          b[part * 4 + i] = *reinterpret_cast<const uint32_t*>(&v);
+        }
+        uint4 xv = make_uint4(0, 0, 0, 0);
+        if (g < M) xv = __ldg(reinterpret_cast<const uint4*>(x + g * w.k + (int64_t)(4 * q + t) * 32 + part * 8));
+        a[part * 4 + 0] = xv.x; a[part * 4 + 1] = xv.y; a[part * 4 + 2] = xv.z; a[part * 4 + 3] = xv.w;
+      }
+      float dq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) mma_16816(dq, a[2 * j], a[2 * j + 1], b[2 * j], b[2 * j + 1]);
+      acc0 += s0[u] * dq[0];
+      acc1 += s1[u] * dq[1];
+    }
+  }
+  if (g < M) {
+    red[warp][g][2 * t] = acc0;
+    red[warp][g][2 * t + 1] = acc1;
+  }
+  __syncthreads();
+  if (threadIdx.x < M * 8) {
+    const int r = threadIdx.x / 8, col = threadIdx.x % 8;
+    float v = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kWarps; ++i) v += red[i][r][col];
+    if (n0 + col < w.n) store(y + r * ldy + n0 + col, v);
+  }
+}
+
 // LINLY_GEMV=mma picks the tensor-core variant (read once); the default is the scalar one.
 bool use_mma_gemv() {
   static const bool on = [] {
@@ -183,6 +256,19 @@ void launch_gemv(const W& w, const half* x, OutT* y, int m, int64_t ldy, cudaStr
   const dim3 block(kWarps * 32);
   if (use_mma_gemv()) {
     const dim3 grid((unsigned)((w.n + 7) / 8));
+    if constexpr (std::is_same<W, W4View<2>>::value) {
+      if (w.group_shift == 7) {  // q4_g128
+        switch (m) {
+#define LINLY_GEMV_CASE(MM) case MM: gemv_mma_g128_kernel<MM><<<grid, block, 0, stream>>>(w, x, y, ldy); break;
+          LINLY_GEMV_CASE(1) LINLY_GEMV_CASE(2) LINLY_GEMV_CASE(3) LINLY_GEMV_CASE(4)
+          LINLY_GEMV_CASE(5) LINLY_GEMV_CASE(6) LINLY_GEMV_CASE(7) LINLY_GEMV_CASE(8)
+#undef LINLY_GEMV_CASE
+          default: throw std::invalid_argument("the GEMV path takes 1 to 8 rows");
+        }
+        LINLY_CUDA_LAUNCHED("gemv_mma_g128_kernel");
+        return;
+      }
+    }
     switch (m) {
 #define LINLY_GEMV_CASE(MM) case MM: gemv_mma_kernel<MM><<<grid, block, 0, stream>>>(w, x, y, ldy); break;
       LINLY_GEMV_CASE(1) LINLY_GEMV_CASE(2) LINLY_GEMV_CASE(3) LINLY_GEMV_CASE(4)
