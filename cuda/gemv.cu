@@ -242,13 +242,12 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_g128_kernel(W4View<2> w,
   }
 }
 
-// LINLY_GEMV=mma picks the tensor-core variant (read once); the default is the scalar one.
+// LINLY_GEMV=mma picks the tensor-core variant; the default is the scalar one. Read at
+// every launch (a few hundred ns against a kernel's microseconds; a captured graph keeps
+// the variant it was captured with), so a benchmark can time both in one process.
 bool use_mma_gemv() {
-  static const bool on = [] {
-    const char* e = std::getenv("LINLY_GEMV");
-    return e && std::string(e) == "mma";
-  }();
-  return on;
+  const char* e = std::getenv("LINLY_GEMV");
+  return e && e[0] == 'm' && std::string(e) == "mma";
 }
 
 template <class W, class OutT>

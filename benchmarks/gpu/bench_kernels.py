@@ -64,22 +64,27 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--no-gemm", action="store_true", help="time the GEMV only")
+    ap.add_argument("--variants", default="scalar,mma", help="GEMV variants (LINLY_GEMV values) to time")
     args = ap.parse_args()
     formats = args.formats.split(",")
     le.cuda.require()
-    print("device:", le.cuda.device_name(), "| GEMV variant:", os.environ.get("LINLY_GEMV", "scalar"))
+    print("device:", le.cuda.device_name())
     copy_bw = le.cuda.copy_bandwidth_gbs(1 << 30, 20)
     print(f"device-to-device copy: {copy_bw:.0f} GB/s (read + write)")
     rows = []
     # Enough copies of each matrix that the 50-60 MB L2 cannot hold them: >= 512 MB in all.
+    variants = args.variants.split(",")
     for n, k in SHAPES:
         for fmt in formats:
             lin = linear(fmt, n, k)
             copies = max(2, math.ceil((512 << 20) / lin.weight_bytes))
-            us = lin.time_us(1, 100, copies)
-            gbs = lin.weight_bytes / (us * 1e3)
-            rows.append({"kind": "gemv", "shape": f"{n}x{k}", "fmt": fmt, "m": 1, "us": us, "GB/s": gbs,
-                         "of_copy_bw": gbs / copy_bw})
+            for variant in variants:  # LINLY_GEMV is read at every launch
+                os.environ["LINLY_GEMV"] = variant
+                us = lin.time_us(1, 100, copies)
+                gbs = lin.weight_bytes / (us * 1e3)
+                rows.append({"kind": "gemv", "shape": f"{n}x{k}", "fmt": f"{fmt} {variant}", "m": 1, "us": us,
+                             "GB/s": gbs, "of_copy_bw": gbs / copy_bw})
+            os.environ.pop("LINLY_GEMV", None)
         t16 = torch_fp16_us(n, k, 1, max(2, math.ceil((512 << 20) / (2 * n * k))))
         if t16 is not None:
             rows.append({"kind": "gemv", "shape": f"{n}x{k}", "fmt": "torch fp16", "m": 1, "us": t16,

@@ -38,9 +38,8 @@ kernels="$py benchmarks/gpu/bench_kernels.py"
 gemm=$([ -n "${GEMM:-}" ] || echo --no-gemm)
 step tests.log 4 150 $pytest_cmd $tests
 step decode.log 8 90 $decode --engines linly --formats q4_0,q8_0
-LINLY_GEMV=mma step tests.log 4 120 $pytest_cmd tests/test_cuda_kernels.py tests/test_cuda_decoder.py
-step kernels.log 12 60 $kernels --formats q4_0,q4_g128,q8_0 $gemm
-LINLY_GEMV=mma step kernels.log 12 60 $kernels --formats q4_0,q4_g128,q8_0 --no-gemm
-LINLY_GEMV=mma step decode.log 8 90 $decode --engines linly --formats q4_g128,q4_0
 step decode.log 8 60 $decode --engines hf
+step kernels.log 30 60 $kernels --formats q4_0,q4_g128,q8_0 $gemm
+LINLY_GEMV=mma step tests.log 4 120 $pytest_cmd tests/test_cuda_kernels.py tests/test_cuda_decoder.py
+LINLY_GEMV=mma step decode.log 8 90 $decode --engines linly --formats q4_g128,q4_0
 step decode.log 8 60 $decode --engines linly --formats f16
