@@ -35,6 +35,17 @@ def test_cuda_without_a_device_says_why(tmp_path):
         le.Engine.load(path, device="cuda")
 
 
+@pytest.mark.skipif(le.cuda.is_available(), reason="a GPU is here")
+@pytest.mark.parametrize("command", [["generate", "-m", "{path}", "--device", "cuda", "-n", "2", "hi"],
+                                     ["bench", "{path}", "--device", "cuda", "--gen", "2", "--prompt", "2"]])
+def test_cli_device_cuda_without_a_device(tmp_path, capsys, command):
+    from linly_engine.cli import main
+
+    _, path = make_model(tmp_path)
+    assert main([a.format(path=path) for a in command]) == 1
+    assert "CUDA was asked for but cannot be used" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not le.cuda.built() or le.cuda.is_available(), reason="needs a CUDA build without a device")
 def test_gpu_weights_are_checked_before_the_device(tmp_path):
     """The GPU model's argument checks run before it looks for a device, so CI (a CUDA

@@ -66,11 +66,11 @@ def prompt_ids(vocab: int, n: int, seed: int = 1) -> list[int]:
 
 
 def linly_runner(path: Path, threads: int, prompt: int, gen: int,
-                 activations: str = "int8x2") -> tuple[Runner, int]:
+                 activations: str = "int8x2", device: str = "cpu") -> tuple[Runner, int]:
     """The model loaded once; returns (one measurement, weight bytes read per decoded token)."""
     import linly_engine as le
 
-    m = le.Model.load(path, threads=threads, max_context=prompt + gen + 8, activations=activations)
+    m = le.Model.load(path, threads=threads, max_context=prompt + gen + 8, activations=activations, device=device)
     ids = prompt_ids(m.config["vocab_size"], prompt)
     m.prefill(ids[:8])
 
@@ -85,6 +85,8 @@ def linly_runner(path: Path, threads: int, prompt: int, gen: int,
         t2 = time.perf_counter()
         return prompt / (t1 - t0), gen / (t2 - t1)
 
+    if device == "cuda":  # the GPU keeps the embedding as its own fp16 table, one row of it read
+        return once, int(m.info()["weight_bytes"]) - 2 * m.config["vocab_size"] * m.config["hidden_size"]
     # Per decoded token every weight is read once, except an untied embedding, of which
     # one row is read (a tied one is read in full as the head).
     emb, head = m._weights["model.embed_tokens.weight"], m._weights["lm_head.weight"]
@@ -173,19 +175,27 @@ def _peer_runner(peer: str, path: Path, threads: int, prompt: int, gen: int) -> 
 
 
 def run(path: Path, threads: list[int], prompt: int, gen: int, repeat: int, vs: list[str],
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, device: str = "cpu") -> dict:
     """Every engine × thread count, the engines of one thread count taking turns for
     `repeat` rounds (`interleaved`); returns {"bandwidth_gb_s": {threads: GB/s}, "rows": [...]}
-    with each peer's row holding linly's paired ratios to it."""
+    with each peer's row holding linly's paired ratios to it. device="cuda" measures the
+    GPU decoder against the device's copy bandwidth (bytes read plus written); the peers
+    run on the CPU, so they are not compared with it."""
     import linly_engine as le
 
+    if device == "cuda" and vs:
+        raise ValueError("--vs compares engines on the CPU; for the GPU decoder against transformers on the GPU "
+                         "use benchmarks/gpu/bench_decode.py")
     rows: list[Result] = []
     bandwidth: dict[int, float] = {}
     for t in threads:
         le.set_num_threads(t)
-        bw = le.measure_read_bandwidth(512 << 20, 3)  # GB/s, best of 3 passes, this thread count
+        if device == "cuda":
+            bw = le.cuda.copy_bandwidth_gbs(1 << 30, 10)
+        else:
+            bw = le.measure_read_bandwidth(512 << 20, 3)  # GB/s, best of 3 passes, this thread count
         bandwidth[t] = bw
-        linly_once, nbytes = linly_runner(path, t, prompt, gen)
+        linly_once, nbytes = linly_runner(path, t, prompt, gen, device=device)
         runners: dict[str, Runner] = {"linly": linly_once}
         for peer in vs:
             try:

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, OSError, TypeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, OSError, TypeError, RuntimeError) as e:
+        # RuntimeError: what the native core raises for an unusable device (CUDA asked for, none there)
         # CheckpointError, TokenizerError, ContextOverflowError are ValueErrors
         print(f"linly {args.command}: {e}", file=sys.stderr)
         return 1

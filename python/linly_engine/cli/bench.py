@@ -18,7 +18,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError("--prompt, --gen and --repeat must be at least 1")
     vs = [v.strip() for v in args.vs.split(",") if v.strip()] if args.vs else []
     path = Path(args.model) if args.model else ensure_default_model()
-    result = bench.run(path, threads, args.prompt, args.gen, args.repeat, vs)
+    if args.device == "cuda":
+        import linly_engine as le
+
+        le.cuda.require()
+    result = bench.run(path, threads, args.prompt, args.gen, args.repeat, vs, device=args.device)
     rows = result["rows"]
     # Ratios read "linly is N× the peer" (above 1: linly faster), per thread count.
     print(f"\n{'engine':<18}{'threads':>7}{'prefill tok/s':>15}{'decode tok/s':>14}{'GB/s':>8}{'% of read bw':>14}"
@@ -50,6 +54,8 @@ def add_parser(sub) -> None:
     p.add_argument("--repeat", type=int, default=3,
                    help="rounds, each running every engine once in turn; medians reported, ratios paired per round")
     p.add_argument("--vs", default="", help="peers to run side by side: llama.cpp,transformers,transformers-bf16")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cpu (default) or cuda: the GPU decoder, against the device's copy bandwidth")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--plot", default=None, help="draw a bar chart (PNG) here (needs matplotlib)")
     p.set_defaults(func=cmd_bench)
