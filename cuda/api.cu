@@ -140,6 +140,13 @@ std::unique_ptr<Linear> Linear::from_w8(const gpu::W8Weights& w) {
   return std::make_unique<LinearImpl<DeviceW8>>(std::move(d));
 }
 
+void memory_info(int64_t* free_bytes, int64_t* total_bytes) {
+  size_t f = 0, t = 0;
+  LINLY_CUDA_CHECK(cudaMemGetInfo(&f, &t));
+  *free_bytes = (int64_t)f;
+  *total_bytes = (int64_t)t;
+}
+
 double copy_bandwidth_gbs(int64_t bytes, int iters) {
   DeviceArray<uint8_t> src(bytes), dst(bytes);
   LINLY_CUDA_CHECK(cudaMemset(src.ptr, 1, (size_t)bytes));

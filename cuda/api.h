@@ -44,6 +44,9 @@ void attention_decode_host(const uint16_t* q, const uint16_t* kc, const uint16_t
                            int heads, int kv_heads, int hd, float scale);
 int attention_decode_max_len();
 
+// Free and total bytes of device memory (cudaMemGetInfo).
+void memory_info(int64_t* free_bytes, int64_t* total_bytes);
+
 // Device-to-device copy bandwidth, GB/s counting bytes read plus written (cudaMemcpy of
 // `bytes`, median of `iters`).
 double copy_bandwidth_gbs(int64_t bytes, int iters);

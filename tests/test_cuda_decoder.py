@@ -163,3 +163,23 @@ def test_greedy_tokens_agree_with_the_cpu(tmp_path):
         seq_cpu.append(a)
         lc, lg = cpu.decode(a), gpu.decode(a)  # both continue the CPU's text
     assert agree >= 22
+
+
+def test_gpu_memory_check_refuses_what_does_not_fit(tmp_path, monkeypatch):
+    """The GPU model is refused before any upload when the device lacks the room; the
+    count covers at least the weights and the whole-context KV cache."""
+    import linly_engine.model as model_mod
+    from linly_engine.model import check_gpu_memory, gpu_memory_needed, gpu_weights, load_checkpoint
+
+    _, path = make_model(tmp_path)
+    ck = load_checkpoint(path)
+    cfg = dict(ck.config, max_context=128)
+    weights = gpu_weights(ck, "q4_0")
+    need = gpu_memory_needed(cfg, weights)
+    kv = 2 * cfg["num_hidden_layers"] * 128 * cfg["num_key_value_heads"] * cfg["head_dim"] * 2
+    assert need > sum((w[1] if isinstance(w, tuple) else w).nbytes for w in weights.values()) + kv
+    monkeypatch.setattr(model_mod._C, "cuda_memory_info", lambda: (need - 1, 8 << 30), raising=False)
+    with pytest.raises(ValueError, match=r"needs about .* GiB of GPU memory .* but the GPU has"):
+        check_gpu_memory(cfg, weights)
+    monkeypatch.setattr(model_mod._C, "cuda_memory_info", lambda: (need, 8 << 30), raising=False)
+    check_gpu_memory(cfg, weights)

@@ -180,6 +180,12 @@ void bind_gpu(py::module_& m) {
       .def_property_readonly("n", [](const PyCudaLinear& p) { return p.impl->n(); })
       .def_property_readonly("k", [](const PyCudaLinear& p) { return p.impl->k(); })
       .def_property_readonly("weight_bytes", [](const PyCudaLinear& p) { return p.impl->weight_bytes(); });
+  m.def("cuda_memory_info", [] {
+    require_cuda();
+    int64_t f = 0, t = 0;
+    cuda::memory_info(&f, &t);
+    return py::make_tuple(f, t);
+  }, "(free, total) bytes of GPU memory.");
   m.def("cuda_copy_bandwidth", [](int64_t bytes, int iters) {
     require_cuda();
     py::gil_scoped_release nogil;
@@ -242,7 +248,7 @@ void bind_gpu(py::module_& m) {
      "One position's attention over float16 caches [len, kv_heads, head_dim] (grouped-query heads).");
 #else
   m.def("CudaLinear", [](py::args, py::kwargs) -> py::object { throw std::runtime_error(kNoCudaBuild); });
-  for (const char* name : {"cuda_copy_bandwidth", "cuda_rmsnorm", "cuda_swiglu", "cuda_rope", "cuda_attention_decode"})
+  for (const char* name : {"cuda_copy_bandwidth", "cuda_memory_info", "cuda_rmsnorm", "cuda_swiglu", "cuda_rope", "cuda_attention_decode"})
     m.def(name, [](py::args, py::kwargs) -> py::object { throw std::runtime_error(kNoCudaBuild); });
 #endif
 }

@@ -107,6 +107,35 @@ def gpu_weights(checkpoint: Checkpoint, quant: str | None) -> dict[str, Any]:
     return weights
 
 
+def gpu_memory_needed(cfg: dict[str, Any], weights: dict[str, Any]) -> int:
+    """Device bytes the GPU decoder allocates: weights as uploaded, the fp16 KV cache for
+    the whole context, and its step buffers (prompt chunks of 256 rows, logits, attention
+    scratch)."""
+    nbytes = 0
+    for w in weights.values():
+        nbytes += int((w[1] if isinstance(w, tuple) else w).nbytes)
+    layers, ctx = int(cfg["num_hidden_layers"]), int(cfg["max_context"])
+    heads, hd = int(cfg["num_attention_heads"]), int(cfg["head_dim"])
+    kvd, dim, ffn = int(cfg["num_key_value_heads"]) * hd, int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+    kv = 2 * layers * ctx * kvd * 2
+    chunk, qd = 256, heads * hd  # rows per prompt step (decoder.cu kChunk)
+    # per row: residual f32, normed, Q|K|V, rotated Q, attention out, sublayer out, gate|up,
+    # SwiGLU (fp16), logits f32
+    steps = chunk * (8 * dim + 6 * qd + 4 * kvd + 6 * ffn + 4 * int(cfg["vocab_size"]))
+    scratch = 4 * heads * (hd + 2) * max(chunk * -(-ctx // 256), -(-ctx // 32))  # attention splits
+    return nbytes + kv + steps + scratch
+
+
+def check_gpu_memory(cfg: dict[str, Any], weights: dict[str, Any]) -> None:
+    """Refuses, before anything is uploaded, a model the GPU has no room for."""
+    free, total = _C.cuda_memory_info()
+    need = gpu_memory_needed(cfg, weights)
+    if need > free:
+        raise ValueError(f"this model needs about {need / 2**30:.1f} GiB of GPU memory (weights, an f16 KV cache of "
+                         f"{cfg['max_context']} positions, step buffers) but the GPU has {free / 2**30:.1f} GiB free "
+                         f"of {total / 2**30:.1f}; use a smaller max_context or a smaller (quantised) model")
+
+
 def memory_needed(cfg: dict[str, Any], tensors: dict[str, Tensor], slots: int, kv_cache: str) -> dict[str, int]:
     """Bytes a model will hold, from its config and its weights' declared shapes: weights,
     KV cache (every slot, the whole context) and the decoder's scratch for one
@@ -195,6 +224,7 @@ class Model:
         if kv_cache != "f16":
             raise ValueError(f"the GPU decoder keeps an f16 KV cache; kv_cache={kv_cache!r} is CPU-only")
         weights = gpu_weights(self.checkpoint, quant)
+        check_gpu_memory(self.config, weights)
         self._native = _C.CudaLlamaModel(self.config, weights)
         self.activations = "f16"
         self._weights = {}
