@@ -99,6 +99,8 @@ DeviceMatrix upload(const std::vector<const HostMatrix*>& parts) {
     d.w8.d = DeviceArray<uint16_t>(all.scales.data(), (int64_t)all.scales.size());
     d.w8.n = all.n; d.w8.k = all.k; d.w8.group = all.group;
   } else if (fmt == "f16") {
+    if (d.k % 32)  // the GEMM walks K in tiles of 32 (the integer formats are blocked so anyway)
+      throw std::invalid_argument("the GPU takes f16 matrices with K a multiple of 32, got K=" + std::to_string(d.k));
     d.kind = DeviceMatrix::Kind::W16;
     d.w16.q = DeviceArray<uint16_t>(d.n * d.k);
     d.w16.n = d.n; d.w16.k = d.k;

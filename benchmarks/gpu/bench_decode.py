@@ -123,6 +123,15 @@ def linly_decode(fmt: str, prompt: int, gen: int, layers: int, device: str = "cu
         assert np.isfinite(logits).all(), "non-finite logits"
         return time.perf_counter() - t
 
+    if os.environ.get("LINLY_PROFILE"):  # kernel time per decode step, through CUPTI (torch.profiler)
+        from torch.profiler import ProfilerActivity, profile
+
+        model._native.use_graph = False  # a graph shows as one launch; plain launches name each kernel
+        run(4)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run(17)
+        print(f"kernels of a 16-token decode ({fmt}; totals over 16 steps plus one prompt):")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
     out = []
     # bytes a decode step reads: every matrix, not the embedding table (one row of it)
     weight_gb = (model.info()["weight_bytes"] - 2 * v * d) / 1e9

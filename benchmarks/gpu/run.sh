@@ -6,6 +6,7 @@
 # limit, so that a call cut short still returns the most important numbers.
 #   bash benchmarks/gpu/run.sh            (logs under $OUT, or ./gpu-out)
 #   GEMM=1 bash benchmarks/gpu/run.sh     (also the GEMM at M = 16..512)
+#   PROFILE=1 bash benchmarks/gpu/run.sh  (also each kernel's share of a decode step)
 # Both GEMV variants run: the default (scalar half2) and LINLY_GEMV=mma (tensor cores).
 # Budget: about 4 minutes (30 s build, 1 min tests, 2-3 min timings).
 set -uo pipefail
@@ -43,3 +44,4 @@ step kernels.log 30 60 $kernels --formats q4_0,q4_g128,q8_0 $gemm
 LINLY_GEMV=mma step tests.log 4 120 $pytest_cmd tests/test_cuda_kernels.py tests/test_cuda_decoder.py
 LINLY_GEMV=mma step decode.log 8 90 $decode --engines linly --formats q4_g128,q4_0
 step decode.log 8 60 $decode --engines linly --formats f16
+if [ -n "${PROFILE:-}" ]; then LINLY_PROFILE=1 step decode.log 40 90 $decode --engines linly --formats q4_0; fi
