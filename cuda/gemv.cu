@@ -250,43 +250,42 @@ bool use_mma_gemv() {
   return e && e[0] == 'm' && std::string(e) == "mma";
 }
 
+// f(std::integral_constant<int, m>{}) for m = 1..8: the row count is a template
+// parameter of every GEMV kernel (accumulators in registers).
+template <class F>
+void with_rows(int m, F&& f) {
+  switch (m) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    default: throw std::invalid_argument("the GEMV path takes 1 to 8 rows");
+  }
+}
+
 template <class W, class OutT>
 void launch_gemv(const W& w, const half* x, OutT* y, int m, int64_t ldy, cudaStream_t stream) {
   const dim3 block(kWarps * 32);
-  if (use_mma_gemv()) {
-    const dim3 grid((unsigned)((w.n + 7) / 8));
-    if constexpr (std::is_same<W, W4View<2>>::value) {
-      if (w.group_shift == 7) {  // q4_g128
-        switch (m) {
-#define LINLY_GEMV_CASE(MM) case MM: gemv_mma_g128_kernel<MM><<<grid, block, 0, stream>>>(w, x, y, ldy); break;
-          LINLY_GEMV_CASE(1) LINLY_GEMV_CASE(2) LINLY_GEMV_CASE(3) LINLY_GEMV_CASE(4)
-          LINLY_GEMV_CASE(5) LINLY_GEMV_CASE(6) LINLY_GEMV_CASE(7) LINLY_GEMV_CASE(8)
-#undef LINLY_GEMV_CASE
-          default: throw std::invalid_argument("the GEMV path takes 1 to 8 rows");
-        }
-        LINLY_CUDA_LAUNCHED("gemv_mma_g128_kernel");
-        return;
-      }
-    }
-    switch (m) {
-#define LINLY_GEMV_CASE(MM) case MM: gemv_mma_kernel<MM><<<grid, block, 0, stream>>>(w, x, y, ldy); break;
-      LINLY_GEMV_CASE(1) LINLY_GEMV_CASE(2) LINLY_GEMV_CASE(3) LINLY_GEMV_CASE(4)
-      LINLY_GEMV_CASE(5) LINLY_GEMV_CASE(6) LINLY_GEMV_CASE(7) LINLY_GEMV_CASE(8)
-#undef LINLY_GEMV_CASE
-      default: throw std::invalid_argument("the GEMV path takes 1 to 8 rows");
-    }
-    LINLY_CUDA_LAUNCHED("gemv_mma_kernel");
+  if (!use_mma_gemv()) {
+    const dim3 grid((unsigned)((w.n + kWarps - 1) / kWarps));
+    with_rows(m, [&](auto M) { gemv_kernel<decltype(M)::value><<<grid, block, 0, stream>>>(w, x, y, ldy); });
+    LINLY_CUDA_LAUNCHED("gemv_kernel");
     return;
   }
-  const dim3 grid((unsigned)((w.n + kWarps - 1) / kWarps));
-  switch (m) {
-#define LINLY_GEMV_CASE(MM) case MM: gemv_kernel<MM><<<grid, block, 0, stream>>>(w, x, y, ldy); break;
-    LINLY_GEMV_CASE(1) LINLY_GEMV_CASE(2) LINLY_GEMV_CASE(3) LINLY_GEMV_CASE(4)
-    LINLY_GEMV_CASE(5) LINLY_GEMV_CASE(6) LINLY_GEMV_CASE(7) LINLY_GEMV_CASE(8)
-#undef LINLY_GEMV_CASE
-    default: throw std::invalid_argument("the GEMV path takes 1 to 8 rows");
+  const dim3 grid((unsigned)((w.n + 7) / 8));  // 8 rows per block
+  if constexpr (std::is_same<W, W4View<2>>::value) {
+    if (w.group_shift == 7) {  // q4_g128: the group-scaled tensor-core kernel
+      with_rows(m, [&](auto M) { gemv_mma_g128_kernel<decltype(M)::value><<<grid, block, 0, stream>>>(w, x, y, ldy); });
+      LINLY_CUDA_LAUNCHED("gemv_mma_g128_kernel");
+      return;
+    }
   }
-  LINLY_CUDA_LAUNCHED("gemv_kernel");
+  with_rows(m, [&](auto M) { gemv_mma_kernel<decltype(M)::value><<<grid, block, 0, stream>>>(w, x, y, ldy); });
+  LINLY_CUDA_LAUNCHED("gemv_mma_kernel");
 }
 
 }  // namespace
