@@ -191,14 +191,15 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_g128_kernel(W4View<2> w,
   float acc0 = 0.0f, acc1 = 0.0f;
   for (int q0 = warp; q0 < groups; q0 += kWarps * kMmaUnroll) {
     uint4 c[kMmaUnroll];
-    half2 zb[kMmaUnroll];
+    half2 zb[kMmaUnroll], zo[kMmaUnroll];  // 1024 + z and −(64 + z), exact in fp16
     float s0[kMmaUnroll], s1[kMmaUnroll];
 #pragma unroll
     for (int u = 0; u < kMmaUnroll; ++u) {
       const int q = q0 + kWarps * u;
       if (q < groups) {
         c[u] = __ldg(codes + 4 * q + t);
-        zb[u] = u32_as_half2((0x6400u + zr[q]) * 0x10001u);  // 1024 + z
+        zb[u] = u32_as_half2((0x6400u + zr[q]) * 0x10001u);         // 1024 + z (spacing 1 there)
+        zo[u] = u32_as_half2((0xD400u + (zr[q] << 4)) * 0x10001u);  // −(64 + z) (spacing 1/16)
         s0[u] = __half2float(d0[q]);
         s1[u] = __half2float(d1[q]);
       }
@@ -210,13 +211,18 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_g128_kernel(W4View<2> w,
       uint32_t a[16], b[16];
 #pragma unroll
       for (int part = 0; part < 4; ++part) {
-        half2 wv[4];
-        w4_word_to_half2x4((&c[u].x)[part], wv);
+        // q − z for the word's four pairs with one shift and four masks: pairs 1 and 3 are
+        // taken in place (1024 + 16q) and scaled by 1/16 inside the subtraction's FMA;
+        // every step is exact (small integers)
+        const uint32_t wd = (&c[u].x)[part], wh = wd >> 8;
+        const half2 sixteenth = u32_as_half2(0x2C002C00u);  // 1/16
+        half2 v[4];
+        v[0] = __hsub2(u32_as_half2((wd & 0x000F000Fu) | 0x64006400u), zb[u]);
+        v[1] = __hfma2(u32_as_half2((wd & 0x00F000F0u) | 0x64006400u), sixteenth, zo[u]);
+        v[2] = __hsub2(u32_as_half2((wh & 0x000F000Fu) | 0x64006400u), zb[u]);
+        v[3] = __hfma2(u32_as_half2((wh & 0x00F000F0u) | 0x64006400u), sixteenth, zo[u]);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const half2 v = __hsub2(wv[i], zb[u]);  // exact: small integers
-          b[part * 4 + i] = *reinterpret_cast<const uint32_t*>(&v);
-        }
+        for (int i = 0; i < 4; ++i) b[part * 4 + i] = *reinterpret_cast<const uint32_t*>(&v[i]);
         uint4 xv = make_uint4(0, 0, 0, 0);
         if (g < M) xv = __ldg(reinterpret_cast<const uint4*>(x + g * w.k + (int64_t)(4 * q + t) * 32 + part * 8));
         a[part * 4 + 0] = xv.x; a[part * 4 + 1] = xv.y; a[part * 4 + 2] = xv.z; a[part * 4 + 3] = xv.w;
