@@ -195,8 +195,8 @@ class DecoderImpl final : public Decoder {
     final_norm_ = DeviceArray<float>(m.final_norm, c_.dim);
     output_ = Stacked({&m.output});
     for (const HostLayer& hl : m.layers) {
-      layers_.push_back(Layer{Stacked({&hl.wq, &hl.wk, &hl.wv}), Stacked({&hl.gate, &hl.up}), Stacked({&hl.wo}),
-                              Stacked({&hl.down}), upload_vec(hl.attn_norm, c_.dim), upload_vec(hl.ffn_norm, c_.dim),
+      layers_.push_back(Layer{Stacked({&hl.wq, &hl.wk, &hl.wv}), Stacked({&hl.w_gate, &hl.w_up}), Stacked({&hl.wo}),
+                              Stacked({&hl.w_down}), upload_vec(hl.attn_norm, c_.dim), upload_vec(hl.ffn_norm, c_.dim),
                               upload_vec(hl.bq, q_dim_), upload_vec(hl.bk, kv_dim_), upload_vec(hl.bv, kv_dim_)});
     }
     const int64_t half_hd = c_.head_dim / 2;

@@ -27,7 +27,7 @@ struct HostMatrix {
 };
 
 struct HostLayer {
-  HostMatrix wq, wk, wv, wo, gate, up, down;
+  HostMatrix wq, wk, wv, wo, w_gate, w_up, w_down;  // the names of LayerWeights (llama.h)
   const float* attn_norm = nullptr;  // [dim]
   const float* ffn_norm = nullptr;   // [dim]
   const float *bq = nullptr, *bk = nullptr, *bv = nullptr;  // Qwen2 biases or null

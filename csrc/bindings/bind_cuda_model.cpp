@@ -58,23 +58,11 @@ struct PyCudaModel {
   }
 
   const float* vector(const py::dict& w, const std::string& name, int64_t len, bool optional = false) {
-    if (!w.contains(name)) {
-      if (optional) return nullptr;
-      throw py::value_error("missing weight '" + name + "'");
-    }
-    py::array a = py::array::ensure(w[name.c_str()]);
-    if (!a) throw py::type_error("weight '" + name + "' must be a numpy array");
-    require_f32(a, name.c_str(), 1, 1);
-    if (a.shape(0) != len)
-      throw py::value_error("weight '" + name + "' has shape " + shape_str(a) + " but the config needs (" +
-                            std::to_string(len) + ",)");
-    keep_alive.append(a);
-    return static_cast<const float*>(a.data());
+    return weight_vector(w, name, len, optional, keep_alive);
   }
 
   PyCudaModel(const py::dict& cfg_dict, const py::dict& w) : cfg(config_from_dict(cfg_dict)) {
     const ModelConfig& c = cfg;
-    const int64_t q = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
     cuda::HostModel hm;
     hm.cfg = c;
     {
@@ -90,21 +78,9 @@ struct PyCudaModel {
     hm.final_norm = vector(w, "model.norm.weight", c.dim);
     hm.output = matrix(w, "lm_head.weight", c.vocab, c.dim);
     for (int64_t l = 0; l < c.n_layers; ++l) {
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      cuda::HostLayer L;
-      L.wq = matrix(w, p + "self_attn.q_proj.weight", q, c.dim);
-      L.wk = matrix(w, p + "self_attn.k_proj.weight", kvd, c.dim);
-      L.wv = matrix(w, p + "self_attn.v_proj.weight", kvd, c.dim);
-      L.wo = matrix(w, p + "self_attn.o_proj.weight", c.dim, q);
-      L.gate = matrix(w, p + "mlp.gate_proj.weight", c.ffn_dim, c.dim);
-      L.up = matrix(w, p + "mlp.up_proj.weight", c.ffn_dim, c.dim);
-      L.down = matrix(w, p + "mlp.down_proj.weight", c.dim, c.ffn_dim);
-      L.attn_norm = vector(w, p + "input_layernorm.weight", c.dim);
-      L.ffn_norm = vector(w, p + "post_attention_layernorm.weight", c.dim);
-      L.bq = vector(w, p + "self_attn.q_proj.bias", q, !c.qkv_bias);
-      L.bk = vector(w, p + "self_attn.k_proj.bias", kvd, !c.qkv_bias);
-      L.bv = vector(w, p + "self_attn.v_proj.bias", kvd, !c.qkv_bias);
-      hm.layers.push_back(L);
+      hm.layers.push_back(layer_weights<cuda::HostLayer>(
+          c, l, [&](const std::string& name, int64_t n, int64_t k) { return matrix(w, name, n, k); },
+          [&](const std::string& name, int64_t len, bool optional) { return vector(w, name, len, optional); }));
     }
     // every argument checked (tests/test_cuda_decoder.py does so without a GPU); now the device
     std::string why;

@@ -22,6 +22,22 @@ T get(const py::dict& d, const char* key) {
 
 }  // namespace
 
+const float* weight_vector(const py::dict& w, const std::string& name, int64_t len, bool optional,
+                           py::list& keep_alive) {
+  if (!w.contains(name)) {
+    if (optional) return nullptr;
+    throw py::value_error("missing weight '" + name + "'");
+  }
+  py::array a = py::array::ensure(w[name.c_str()]);
+  if (!a) throw py::type_error("weight '" + name + "' must be a numpy array");
+  require_f32(a, name.c_str(), 1, 1);
+  if (a.shape(0) != len)
+    throw py::value_error("weight '" + name + "' has shape " + shape_str(a) + " but the config needs (" +
+                          std::to_string(len) + ",)");
+  keep_alive.append(a);
+  return static_cast<const float*>(a.data());
+}
+
 ModelConfig config_from_dict(const py::dict& d) {
   ModelConfig c;
   c.vocab = get<int64_t>(d, "vocab_size");
@@ -102,18 +118,7 @@ struct PyLlamaModel {
   }
 
   const float* vector(const py::dict& w, const std::string& name, int64_t len, bool optional = false) {
-    if (!w.contains(name)) {
-      if (optional) return nullptr;
-      throw py::value_error("missing weight '" + name + "'");
-    }
-    py::array a = py::array::ensure(w[name.c_str()]);
-    if (!a) throw py::type_error("weight '" + name + "' must be a numpy array");
-    require_f32(a, name.c_str(), 1, 1);
-    if (a.shape(0) != len)
-      throw py::value_error("weight '" + name + "' has shape " + shape_str(a) + " but the config needs (" +
-                            std::to_string(len) + ",)");
-    keep_alive.append(a);
-    return static_cast<const float*>(a.data());
+    return weight_vector(w, name, len, optional, keep_alive);
   }
 
   PyLlamaModel(const py::dict& cfg_dict, const py::dict& w, const std::string& kv, const std::string& activations,
@@ -127,27 +132,14 @@ struct PyLlamaModel {
     else throw py::value_error("kv_cache must be 'f32', 'f16' or 'q8_0', got '" + kv + "'");
     if (activations != "int8" && activations != "int8x2")
       throw py::value_error("activations must be 'int8' (fast) or 'int8x2' (precise), got '" + activations + "'");
-    const int64_t q = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
     ModelWeights mw;
     mw.embed = matrix(w, "model.embed_tokens.weight", c.vocab, c.dim);
     mw.final_norm = vector(w, "model.norm.weight", c.dim);
     mw.output = matrix(w, "lm_head.weight", c.vocab, c.dim);
     for (int64_t l = 0; l < c.n_layers; ++l) {
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      LayerWeights L{};
-      L.wq = matrix(w, p + "self_attn.q_proj.weight", q, c.dim);
-      L.wk = matrix(w, p + "self_attn.k_proj.weight", kvd, c.dim);
-      L.wv = matrix(w, p + "self_attn.v_proj.weight", kvd, c.dim);
-      L.wo = matrix(w, p + "self_attn.o_proj.weight", c.dim, q);
-      L.w_gate = matrix(w, p + "mlp.gate_proj.weight", c.ffn_dim, c.dim);
-      L.w_up = matrix(w, p + "mlp.up_proj.weight", c.ffn_dim, c.dim);
-      L.w_down = matrix(w, p + "mlp.down_proj.weight", c.dim, c.ffn_dim);
-      L.attn_norm = vector(w, p + "input_layernorm.weight", c.dim);
-      L.ffn_norm = vector(w, p + "post_attention_layernorm.weight", c.dim);
-      L.bq = vector(w, p + "self_attn.q_proj.bias", q, !c.qkv_bias);
-      L.bk = vector(w, p + "self_attn.k_proj.bias", kvd, !c.qkv_bias);
-      L.bv = vector(w, p + "self_attn.v_proj.bias", kvd, !c.qkv_bias);
-      mw.layers.push_back(L);
+      mw.layers.push_back(layer_weights<LayerWeights>(
+          c, l, [&](const std::string& name, int64_t n, int64_t k) { return matrix(w, name, n, k); },
+          [&](const std::string& name, int64_t len, bool optional) { return vector(w, name, len, optional); }));
     }
     py::gil_scoped_release nogil;
     model = std::make_unique<LlamaModel>(c, std::move(mw), kv_type, activations == "int8x2", default_kernels(), slots);

@@ -31,6 +31,34 @@ py::array_t<int32_t, py::array::c_style | py::array::forcecast> int_array(const 
 void check_ids(const int32_t* p, int64_t n, int64_t vocab);
 void check_room(int64_t position, int64_t n, int64_t ctx);
 
+// A float32 [len] vector weight (norms, biases) of the dict, kept alive in keep_alive;
+// null when absent and optional.
+const float* weight_vector(const py::dict& w, const std::string& name, int64_t len, bool optional,
+                           py::list& keep_alive);
+
+// Layer l's weights under their Hugging Face names, each fetched and checked by the
+// caller's matrix(name, n, k) and vector(name, len, optional); L is the CPU decoder's
+// LayerWeights or the GPU decoder's HostLayer (the same field names).
+template <class L, class MatrixFn, class VectorFn>
+L layer_weights(const ModelConfig& c, int64_t l, MatrixFn&& matrix, VectorFn&& vector) {
+  const int64_t q = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  L w{};
+  w.wq = matrix(p + "self_attn.q_proj.weight", q, c.dim);
+  w.wk = matrix(p + "self_attn.k_proj.weight", kvd, c.dim);
+  w.wv = matrix(p + "self_attn.v_proj.weight", kvd, c.dim);
+  w.wo = matrix(p + "self_attn.o_proj.weight", c.dim, q);
+  w.w_gate = matrix(p + "mlp.gate_proj.weight", c.ffn_dim, c.dim);
+  w.w_up = matrix(p + "mlp.up_proj.weight", c.ffn_dim, c.dim);
+  w.w_down = matrix(p + "mlp.down_proj.weight", c.dim, c.ffn_dim);
+  w.attn_norm = vector(p + "input_layernorm.weight", c.dim, false);
+  w.ffn_norm = vector(p + "post_attention_layernorm.weight", c.dim, false);
+  w.bq = vector(p + "self_attn.q_proj.bias", q, !c.qkv_bias);
+  w.bk = vector(p + "self_attn.k_proj.bias", kvd, !c.qkv_bias);
+  w.bv = vector(p + "self_attn.v_proj.bias", kvd, !c.qkv_bias);
+  return w;
+}
+
 void bind_runtime(py::module_& m);
 void bind_quant(py::module_& m);
 void bind_packed_matrix(py::module_& m);
