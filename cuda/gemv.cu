@@ -107,6 +107,26 @@ __device__ __forceinline__ void mma_16816(float c[4], uint32_t a0, uint32_t a2, 
       : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
+// The end of both tensor-core kernels: lane (g, t) holds its warp's K-share of
+// y[g][n0 + 2t] and y[g][n0 + 2t + 1] (g < M); the block's warps' shares are summed.
+template <int M, class OutT>
+__device__ __forceinline__ void store_warp_sums(float (&red)[kWarps][M][8], float v0, float v1, int64_t n0,
+                                                int64_t n, OutT* __restrict__ y, int64_t ldy) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  if (g < M) {
+    red[warp][g][2 * t] = v0;
+    red[warp][g][2 * t + 1] = v1;
+  }
+  __syncthreads();
+  if (threadIdx.x < M * 8) {
+    const int r = threadIdx.x / 8, col = threadIdx.x % 8;
+    float v = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kWarps; ++i) v += red[i][r][col];
+    if (n0 + col < n) store(y + r * ldy + n0 + col, v);
+  }
+}
+
 template <int M, class W, class OutT>
 __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(W w, const half* __restrict__ x,
                                                                OutT* __restrict__ y, int64_t ldy) {
@@ -156,18 +176,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_kernel(W w, const half* 
       for (int j = 0; j < H2 / 2; ++j) mma_16816(acc[j & 1], a[2 * j], a[2 * j + 1], b[2 * j], b[2 * j + 1]);
     }
   }
-  if (g < M) {
-    red[warp][g][2 * t] = acc[0][0] + acc[1][0];
-    red[warp][g][2 * t + 1] = acc[0][1] + acc[1][1];
-  }
-  __syncthreads();
-  if (threadIdx.x < M * 8) {
-    const int r = threadIdx.x / 8, col = threadIdx.x % 8;
-    float v = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kWarps; ++i) v += red[i][r][col];
-    if (n0 + col < w.n) store(y + r * ldy + n0 + col, v);
-  }
+  store_warp_sums<M>(red, acc[0][0] + acc[1][0], acc[0][1] + acc[1][1], n0, w.n, y, ldy);
 }
 
 // q4_g128 on the tensor cores: a warp step covers k [128q, 128q + 128) of its 8 rows,
@@ -234,18 +243,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_mma_g128_kernel(W4View<2> w,
       acc1 += s1[u] * dq[1];
     }
   }
-  if (g < M) {
-    red[warp][g][2 * t] = acc0;
-    red[warp][g][2 * t + 1] = acc1;
-  }
-  __syncthreads();
-  if (threadIdx.x < M * 8) {
-    const int r = threadIdx.x / 8, col = threadIdx.x % 8;
-    float v = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kWarps; ++i) v += red[i][r][col];
-    if (n0 + col < w.n) store(y + r * ldy + n0 + col, v);
-  }
+  store_warp_sums<M>(red, acc0, acc1, n0, w.n, y, ldy);
 }
 
 // LINLY_GEMV=mma picks the tensor-core variant; the default is the scalar one. Read at
