@@ -183,3 +183,29 @@ def test_gpu_memory_check_refuses_what_does_not_fit(tmp_path, monkeypatch):
         check_gpu_memory(cfg, weights)
     monkeypatch.setattr(model_mod._C, "cuda_memory_info", lambda: (need, 8 << 30), raising=False)
     check_gpu_memory(cfg, weights)
+
+
+def test_gpu_matrix_keeps_gpu_layouts_and_turns_the_rest_into_fp16():
+    """What the GPU decoder receives per matrix: its own rows for the formats with a GPU
+    layout (panels unpacked), fp16 of the dequantised weights for everything else."""
+    from linly_engine.formats.checkpoint import Tensor
+    from linly_engine.model import gpu_matrix
+
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((37, 96)) * 0.1).astype(np.float32)
+    rows = le.quantize(w, "q4_1")
+    fmt, data = gpu_matrix(Tensor(rows, "q4_1", (37, 96)), None)
+    assert fmt == "q4_1" and np.array_equal(data, rows)
+    panels = le._C.repack_panels(rows, "q4_1", 96)
+    fmt, data = gpu_matrix(Tensor(panels, "q4_1", (37, 96), "panel16"), None)
+    assert fmt == "q4_1" and np.array_equal(data, rows)
+    fmt, data = gpu_matrix(Tensor(w, "f32", (37, 96)), "q8_0")  # converted as asked
+    assert fmt == "q8_0" and np.array_equal(data, le.quantize(w, "q8_0"))
+    fmt, data = gpu_matrix(Tensor(w, "f32", (37, 96)), None)  # no GPU layout: fp16
+    assert fmt == "f16" and data.dtype == np.float16 and np.array_equal(data, w.astype(np.float16))
+    order = rng.permutation(96).astype(np.int32)  # act-order: the GPU takes the inputs in order
+    t = Tensor(le.quantize(np.ascontiguousarray(w[:, order]), "q4_0"), "q4_0", (37, 96), input_order=order)
+    fmt, data = gpu_matrix(t, None)
+    assert fmt == "f16" and np.array_equal(data, t.to_f32().astype(np.float16))
+    # within q4_0 rounding (a block step is at most max|w|/8 ≈ 0.05 here); a wrong order would be ~0.5 off
+    np.testing.assert_allclose(data.astype(np.float32), w, atol=0.04)
