@@ -209,3 +209,19 @@ def test_gpu_matrix_keeps_gpu_layouts_and_turns_the_rest_into_fp16():
     assert fmt == "f16" and np.array_equal(data, t.to_f32().astype(np.float16))
     # within q4_0 rounding (a block step is at most max|w|/8 ≈ 0.05 here); a wrong order would be ~0.5 off
     np.testing.assert_allclose(data.astype(np.float32), w, atol=0.04)
+
+
+@pytest.mark.skipif(le.cuda.is_available(), reason="a GPU is here")
+def test_server_on_cuda_without_a_device_reports_why(tmp_path):
+    """linly serve --device cuda on a machine without a GPU stays up and says why on /health."""
+    from fastapi.testclient import TestClient
+
+    from linly_engine.serve import ServerConfig
+    from linly_engine.serve.app import create_app
+
+    _, path = make_model(tmp_path)
+    app = create_app(ServerConfig(model_path=str(path), parallel=1, device="cuda"), load_in_background=False)
+    with TestClient(app) as client:
+        r = client.get("/health")
+    assert r.status_code == 503
+    assert "CUDA was asked for but cannot be used" in r.text
