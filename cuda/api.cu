@@ -114,8 +114,6 @@ class LinearImpl final : public Linear {
     DeviceW8 c; c.q = dup(w.q); c.d = dup(w.d); c.n = w.n; c.k = w.k; c.group = w.group;
     return c;
   }
-  static int64_t bytes_of(const DeviceW4& w) { return w.q.bytes() + w.d.bytes() + w.m.bytes() + w.z.bytes(); }
-  static int64_t bytes_of(const DeviceW8& w) { return w.q.bytes() + w.d.bytes(); }
 
   DW w_;
 };
@@ -123,21 +121,11 @@ class LinearImpl final : public Linear {
 }  // namespace
 
 std::unique_ptr<Linear> Linear::from_w4(const gpu::W4Weights& w) {
-  DeviceW4 d;
-  d.q = DeviceArray<uint32_t>(w.qweight.data(), (int64_t)w.qweight.size());
-  d.d = DeviceArray<uint16_t>(w.scales.data(), (int64_t)w.scales.size());
-  d.m = DeviceArray<uint16_t>(w.mins.data(), (int64_t)w.mins.size());
-  d.z = DeviceArray<uint8_t>(w.zeros.data(), (int64_t)w.zeros.size());
-  d.n = w.n; d.k = w.k; d.group = w.group; d.kind = (int)w.kind;
-  return std::make_unique<LinearImpl<DeviceW4>>(std::move(d));
+  return std::make_unique<LinearImpl<DeviceW4>>(upload_w4(w));
 }
 
 std::unique_ptr<Linear> Linear::from_w8(const gpu::W8Weights& w) {
-  DeviceW8 d;
-  d.q = DeviceArray<int8_t>(w.qweight.data(), (int64_t)w.qweight.size());
-  d.d = DeviceArray<uint16_t>(w.scales.data(), (int64_t)w.scales.size());
-  d.n = w.n; d.k = w.k; d.group = w.group;
-  return std::make_unique<LinearImpl<DeviceW8>>(std::move(d));
+  return std::make_unique<LinearImpl<DeviceW8>>(upload_w8(w));
 }
 
 void memory_info(int64_t* free_bytes, int64_t* total_bytes) {

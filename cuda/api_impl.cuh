@@ -56,6 +56,27 @@ struct DeviceW16 {
   W16View view() const { return W16View{reinterpret_cast<const half*>(q.ptr), n, k}; }
 };
 
+// The host layouts (gpu/layout.h) copied into device memory, and the bytes a product reads.
+inline DeviceW4 upload_w4(const gpu::W4Weights& w) {
+  DeviceW4 d;
+  d.q = DeviceArray<uint32_t>(w.qweight.data(), (int64_t)w.qweight.size());
+  d.d = DeviceArray<uint16_t>(w.scales.data(), (int64_t)w.scales.size());
+  d.m = DeviceArray<uint16_t>(w.mins.data(), (int64_t)w.mins.size());
+  d.z = DeviceArray<uint8_t>(w.zeros.data(), (int64_t)w.zeros.size());
+  d.n = w.n; d.k = w.k; d.group = w.group; d.kind = (int)w.kind;
+  return d;
+}
+inline DeviceW8 upload_w8(const gpu::W8Weights& w) {
+  DeviceW8 d;
+  d.q = DeviceArray<int8_t>(w.qweight.data(), (int64_t)w.qweight.size());
+  d.d = DeviceArray<uint16_t>(w.scales.data(), (int64_t)w.scales.size());
+  d.n = w.n; d.k = w.k; d.group = w.group;
+  return d;
+}
+inline int64_t bytes_of(const DeviceW4& w) { return w.q.bytes() + w.d.bytes() + w.m.bytes() + w.z.bytes(); }
+inline int64_t bytes_of(const DeviceW8& w) { return w.q.bytes() + w.d.bytes(); }
+inline int64_t bytes_of(const DeviceW16& w) { return w.q.bytes(); }
+
 // Calls f(view) with the W4View of w's kind (the kind is a template parameter of the
 // kernels, so each gets its dequantiser without a branch in the inner loop).
 template <class F>

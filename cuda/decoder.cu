@@ -36,13 +36,7 @@ struct DeviceMatrix {
   DeviceW16 w16;
   int64_t n = 0, k = 0;
 
-  int64_t bytes() const {
-    switch (kind) {
-      case Kind::W4: return w4.q.bytes() + w4.d.bytes() + w4.m.bytes() + w4.z.bytes();
-      case Kind::W8: return w8.q.bytes() + w8.d.bytes();
-      default: return w16.q.bytes();
-    }
-  }
+  int64_t bytes() const { return kind == Kind::W4 ? bytes_of(w4) : kind == Kind::W8 ? bytes_of(w8) : bytes_of(w16); }
   // y[r][0..n) at row pitch ldy = x[r] · Wᵀ for r < m: the GEMV up to 8 rows, else the GEMM.
   template <class OutT>
   void run(const half* x, OutT* y, int64_t m, int64_t ldy, cudaStream_t s) const {
@@ -78,11 +72,7 @@ DeviceMatrix upload(const std::vector<const HostMatrix*>& parts) {
       all.n += w.n;
     }
     d.kind = DeviceMatrix::Kind::W4;
-    d.w4.q = DeviceArray<uint32_t>(all.qweight.data(), (int64_t)all.qweight.size());
-    d.w4.d = DeviceArray<uint16_t>(all.scales.data(), (int64_t)all.scales.size());
-    d.w4.m = DeviceArray<uint16_t>(all.mins.data(), (int64_t)all.mins.size());
-    d.w4.z = DeviceArray<uint8_t>(all.zeros.data(), (int64_t)all.zeros.size());
-    d.w4.n = all.n; d.w4.k = all.k; d.w4.group = all.group; d.w4.kind = (int)all.kind;
+    d.w4 = upload_w4(all);
   } else if (is_w8(fmt)) {
     gpu::W8Weights all;
     for (const HostMatrix* p : parts) {
@@ -95,9 +85,7 @@ DeviceMatrix upload(const std::vector<const HostMatrix*>& parts) {
       all.n += w.n;
     }
     d.kind = DeviceMatrix::Kind::W8;
-    d.w8.q = DeviceArray<int8_t>(all.qweight.data(), (int64_t)all.qweight.size());
-    d.w8.d = DeviceArray<uint16_t>(all.scales.data(), (int64_t)all.scales.size());
-    d.w8.n = all.n; d.w8.k = all.k; d.w8.group = all.group;
+    d.w8 = upload_w8(all);
   } else if (fmt == "f16") {
     if (d.k % 32)  // the GEMM walks K in tiles of 32 (the integer formats are blocked so anyway)
       throw std::invalid_argument("the GPU takes f16 matrices with K a multiple of 32, got K=" + std::to_string(d.k));
@@ -138,7 +126,8 @@ struct Stacked {
       i = j;
     }
   }
-  void run(const half* x, half* y, int64_t m, cudaStream_t s) const {
+  template <class OutT>
+  void run(const half* x, OutT* y, int64_t m, cudaStream_t s) const {
     for (size_t i = 0; i < parts.size(); ++i) parts[i].run(x, y + cols[i], m, n, s);
   }
   int64_t bytes() const {
@@ -304,10 +293,7 @@ class DecoderImpl final : public Decoder {
       delta = H(o_);
     }
     add_rmsnorm(x_.ptr, delta, final_norm_.ptr, H(h_), rows, d, c_.norm_eps, s);
-    if (logit_rows > 0) {
-      for (size_t i = 0; i < output_.parts.size(); ++i)
-        output_.parts[i].run(H(h_) + logit_row0 * d, logits_.ptr + output_.cols[i], logit_rows, c_.vocab, s);
-    }
+    if (logit_rows > 0) output_.run(H(h_) + logit_row0 * d, logits_.ptr, logit_rows, s);
   }
 
   // A decode step has the same launches at every position (positions and ids live in
