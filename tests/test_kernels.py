@@ -20,7 +20,7 @@ from linly_engine import _C
 ISAS = le.available_isas()
 QUANT = ["q4_0", "q4_1", "q8_0", "q4_g32", "q4_g64", "q4_g128"]
 DENSE = ["f32", "f16", "bf16"]
-M_VALUES = (1, 3, 17, 128)
+M_VALUES = (1, 3, 13, 17, 128)  # 13 = 8 + 4 + 1: every row group of the batched kernels
 
 
 def k_values(fmt: str) -> tuple[int, ...]:
@@ -44,17 +44,20 @@ def gaussian_case(fmt: str, n: int, k: int):
     return data, xs, refs
 
 
-@pytest.mark.parametrize("precise", [False, True], ids=["int8", "int8x2"])
+@pytest.mark.parametrize("activations", ["int8", "int8x2", "int8x2-prompt"])
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt,n,k", CASES)
-def test_matmul_matches_scalar_reference(fmt, n, k, isa, nthreads, precise, threads):
+def test_matmul_matches_scalar_reference(fmt, n, k, isa, nthreads, activations, threads):
+    """int8x2-prompt (the decoder's prompt rows) is the int8x2 product through the many-row
+    kernels (AVX-512: eight rows per pass, then four, then one; M = 13 takes all three)."""
     le.set_num_threads(nthreads)
     data, xs, refs = gaussian_case(fmt, n, k)
     mat = le.PackedMatrix(data, fmt, k, isa=isa)
     assert mat.isa == isa
+    precise = activations != "int8"
     for m in M_VALUES:
-        y = mat.matmul(xs[m], precise=precise)
+        y = mat.matmul(xs[m], activations=activations)
         assert y.shape == (m, n) and y.dtype == np.float32
         ref = refs[m][precise]
         np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()),
@@ -96,7 +99,7 @@ def test_f32_activations_mean_the_dequantised_product(rng):
         exact = x.astype(np.float64) @ le.dequantize(data, fmt, k).astype(np.float64).T
         y = le.PackedMatrix(data, fmt, k).matmul(x, activations="f32")
         np.testing.assert_allclose(y, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max(), err_msg=fmt)
-    with pytest.raises(ValueError, match="unknown activations 'int4'.*'int8', 'int8x2' or 'f32'"):
+    with pytest.raises(ValueError, match="unknown activations 'int4'.*'int8', 'int8x2', 'int8x2-prompt' or 'f32'"):
         le.PackedMatrix(data, fmt, k).matmul(x, activations="int4")
 
 
@@ -127,11 +130,22 @@ def test_integer_accumulation_is_exact(fmt, isa, rng, threads):
     x[:, ::32] = 127  # activation scale exactly 1 as well
     expected = (x.astype(np.int64) @ w.astype(np.int64).T).astype(np.float32)  # |y| < 2^24: exact
     np.testing.assert_array_equal(_C.matmul_ref(x, data, fmt, k), expected)
+    if fmt in QUANT:  # per 32-block terms, for the bound of the folded int8x2 batches below
+        terms = np.einsum("mbj,nbj->mnb", x.reshape(m, -1, 32).astype(np.int64), w.reshape(n, -1, 32).astype(np.int64))
+        block_bound = np.abs(terms).sum(-1) * 2.0**-21
     for nthreads in (1, 2):
         le.set_num_threads(nthreads)
         mat = le.PackedMatrix(data, fmt, k, isa=isa)
         np.testing.assert_array_equal(mat.matmul(x), expected)
+        if fmt not in QUANT:  # dense formats have no residual: exact either way
+            np.testing.assert_array_equal(mat.matmul(x, precise=True), expected)
+            continue
         np.testing.assert_array_equal(mat.matmul(x, precise=True), expected)  # residual is all zero here
+        # Prompt rows: AVX-512 folds both sums into 254·Σw·q + Σw·r and scales that by d/254,
+        # one float rounding per block (1/254 is not a binary fraction): each block's term
+        # within a few ulp of itself, so the error is bounded by Σ|term| · 2^-21.
+        y = mat.matmul(x, activations="int8x2-prompt")
+        np.testing.assert_array_less(np.abs(y - expected), block_bound + 1e-30)
 
 
 @pytest.mark.parametrize("isa", ISAS)

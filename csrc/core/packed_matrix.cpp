@@ -128,8 +128,10 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) 
 }
 
 MatmulArgs PackedMatrix::args(const float* x, const block_q8_act* xq, int64_t m, float* y, Activations act) const {
-  return MatmulArgs{fmt_, panels_ ? panels_ : plain_, panels_ != nullptr, n_, k_, m, x, xq, y,
-                    act == Activations::Int8x2};
+  MatmulArgs a{fmt_, panels_ ? panels_ : plain_, panels_ != nullptr, n_, k_, m, x, xq, y,
+               act == Activations::Int8x2 || act == Activations::Int8x2Prompt};
+  a.prompt = act == Activations::Int8x2Prompt;
+  return a;
 }
 
 int64_t PackedMatrix::units() const { return panels_ ? panel_count(n_) : n_; }

@@ -15,7 +15,10 @@ namespace linly {
 // Int8 / Int8x2 quantise them to blocks (formats.h: block_q8_act, without or with the
 // residual) for the integer kernels; F32 multiplies them unquantised against weights
 // dequantised tile by tile (KernelTable::matmul_f32), the path for prompts.
-enum class Activations { Int8, Int8x2, F32 };
+// Int8x2Prompt is Int8x2 through kernels made for many rows (MatmulArgs::prompt): the
+// same product, different in the last bits, so the decoder gives a sequence's rows one or
+// the other by what they are (prompt segment or decode step), never by batch size.
+enum class Activations { Int8, Int8x2, Int8x2Prompt, F32 };
 
 class PackedMatrix {
  public:

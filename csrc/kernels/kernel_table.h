@@ -20,6 +20,8 @@ struct MatmulArgs {
   bool precise = false;     // integer formats: also use the activation residual (formats.h)
   const uint16_t* xh = nullptr;  // [m, k] x rounded to f16, read instead of x when set
                                  // (dense f16 at decode: takes_f16_input, quantize.h)
+  bool prompt = false;  // precise rows of a prompt: an ISA may take its many-row kernels
+                        // (Activations::Int8x2Prompt; AVX-512 does, the others ignore it)
 };
 
 struct KernelTable {

@@ -189,7 +189,9 @@ int64_t LlamaModel::prompt_rows_in_f32(const PackedMatrix& w, int64_t n_prompt) 
 void LlamaModel::matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_prompt, float* y) const {
   const int64_t n_f32 = prompt_rows_in_f32(w, n_prompt);
   if (n_f32 > 0) w.matmul(x, n_f32, y, Activations::F32);
-  if (n > n_f32) w.matmul(x + n_f32 * w.k(), n - n_f32, y + n_f32 * w.n(), row_activations());
+  const int64_t n_int = n_prompt - n_f32;  // prompt rows on the integer kernels
+  if (n_int > 0) w.matmul(x + n_f32 * w.k(), n_int, y + n_f32 * w.n(), prompt_activations());
+  if (n > n_prompt) w.matmul(x + n_prompt * w.k(), n - n_prompt, y + n_prompt * w.n(), row_activations());
 }
 
 void LlamaModel::matmul_rows_shared(std::initializer_list<const PackedMatrix*> ws, std::initializer_list<float*> ys,
@@ -205,11 +207,13 @@ void LlamaModel::matmul_rows_shared(std::initializer_list<const PackedMatrix*> w
     }
   }
   if (n_f32 > 0) matmul_shared_input(w, y, count, x, n_f32, Activations::F32);
-  if (n > n_f32) {
-    float* rest[kMaxSharedInput];
-    for (int i = 0; i < count; ++i) rest[i] = y[i] + n_f32 * w[i]->n();
-    matmul_shared_input(w, rest, count, x + n_f32 * w[0]->k(), n - n_f32, row_activations());
-  }
+  const auto rows_from = [&](int64_t r0, int64_t rows, Activations act) {
+    float* part[kMaxSharedInput];
+    for (int i = 0; i < count; ++i) part[i] = y[i] + r0 * w[i]->n();
+    matmul_shared_input(w, part, count, x + r0 * w[0]->k(), rows, act);
+  };
+  if (n_prompt > n_f32) rows_from(n_f32, n_prompt - n_f32, prompt_activations());
+  if (n > n_prompt) rows_from(n_prompt, n - n_prompt, row_activations());
 }
 
 void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits,

@@ -74,20 +74,21 @@ class LlamaModel {
   // Segments of at least this many rows count as prompts. Chosen, not tuned: well above
   // the batched decode steps (one row per sequence), well below a prompt chunk.
   // A prompt's rows go through matmul_f32 where the table says that is faster: for
-  // integer formats in the precise mode (f32_prompts), for dense ones (dense_prompts).
+  // integer formats in the precise mode (f32_prompts), for dense ones (dense_prompts);
+  // otherwise precise integer rows take Activations::Int8x2Prompt.
   static constexpr int64_t kPromptRows = 16;
   static_assert(kPromptRows > 1, "a single head row must stay off the prompt path (forward_grouped)");
-  bool segment_is_prompt(const Segment& s) const {
-    return s.n >= kPromptRows && ((precise_ && kt_->f32_prompts) || kt_->dense_prompts);
-  }
+  static bool segment_is_prompt(const Segment& s) { return s.n >= kPromptRows; }
   // forward_batch with the prompt segments first (their rows lead every matrix).
   void forward_grouped(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits, float* logits);
   // y = x · Wᵀ for n rows, the first n_prompt of them prompt rows (segment_is_prompt).
   void matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_prompt, float* y) const;
-  // How many of the n_prompt leading rows take w's f32 prompt kernel (the rest, and all
-  // decode rows, take row_activations()).
+  // How many of the n_prompt leading rows take w's f32 prompt kernel (the rest take
+  // prompt_activations(), all decode rows row_activations()).
   int64_t prompt_rows_in_f32(const PackedMatrix& w, int64_t n_prompt) const;
   Activations row_activations() const { return precise_ ? Activations::Int8x2 : Activations::Int8; }
+  // What the prompt rows that do not take the f32 kernel take.
+  Activations prompt_activations() const { return precise_ ? Activations::Int8x2Prompt : Activations::Int8; }
   // matmul_rows for matrices that read the same x (at most kMaxSharedInput): one pool job
   // per row split.
   void matmul_rows_shared(std::initializer_list<const PackedMatrix*> ws, std::initializer_list<float*> ys,
