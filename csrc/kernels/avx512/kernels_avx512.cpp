@@ -203,7 +203,9 @@ void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
 // vcvtdq2ps, vpaddd and broadcast loads cost it nothing), and each row and block needs
 // 16 dpbusd. Four FP multiplies became two: M = 128, one thread, 1.07-1.21x the panel
 // loops (182-187 GOPS, ~79 % of the dpbusd peak); prefill of the 1.1B-shaped q4_0 model
-// 1.13x / 1.08x (1 / 2 threads). Sixteen rows per pass instead of eight: 0.95x.
+// 1.13x / 1.08x (1 / 2 threads). Sixteen rows per pass instead of eight: 0.95x. One row
+// (decode) through this loop read 0.91-0.98x the bandwidth of q4_panel / q8_panel at one
+// thread, so decode rows keep those; prompt rows come here by Activations::Int8x2Prompt.
 struct PromptAct {
   int32_t c;   // where the residual sum starts: -S times the format's offset (8 for q4_0,
                // 128 for q8_0), or -S, to be times the group's zero points; 0 for q4_1
