@@ -184,6 +184,19 @@ void bind_quant(py::module_& m) {
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("isa") = py::none(), py::arg("cache") = "f32",
      "softmax(q·kᵀ/√hd)·v for one head, through the given ISA's attention kernels; for tests.");
 
+  m.def("swiglu", [](const py::array& gate, const py::array& up, const py::object& isa) {
+    require_f32(gate, "gate", 1, 1);
+    require_f32(up, "up", 1, 1);
+    if (gate.shape(0) != up.shape(0))
+      throw py::value_error("gate and up must have the same length; got " + shape_str(gate) + " and " + shape_str(up));
+    const KernelTable& kt = kernels_or_default(isa);
+    py::array_t<float> out(gate.shape(0));
+    std::copy_n(static_cast<const float*>(gate.data()), gate.shape(0), out.mutable_data());
+    kt.swiglu(out.mutable_data(), static_cast<const float*>(up.data()), gate.shape(0));
+    return out;
+  }, py::arg("gate"), py::arg("up"), py::arg("isa") = py::none(),
+     "silu(gate) · up through the given ISA's kernel (the decoder's SwiGLU); for tests.");
+
   m.def("panel_bytes", [](const std::string& name, int64_t k) {
     const Format f = parse_format_or_throw(name);
     require_k(f, k);

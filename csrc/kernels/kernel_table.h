@@ -54,6 +54,7 @@ struct KernelTable {
   bool f32_prompts;
   // Whether matmul_f32 beats matmul on prompt-sized batches for dense formats.
   bool dense_prompts;
+  void (*swiglu)(float* gate, const float* up, int64_t n);  // twin of swiglu_ref (elementwise_ref.h)
 };
 
 const KernelTable& kernels_scalar();
@@ -71,6 +72,7 @@ void attn_mix_f16_avx2(const float* p, const uint16_t* v, int64_t stride, int64_
 void attn_scores_q8_avx2(const float* q, const block_q8_0* k, int64_t stride, int64_t len, int64_t hd, float scale,
                          float* scores);
 void attn_mix_q8_avx2(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out);
+void swiglu_avx2(float* gate, const float* up, int64_t n);
 void gemm_tiles_avx2(const MatmulArgs& args, int64_t begin, int64_t end);    // gemm_tiles_avx2.cpp
 void gemm_tiles_avx512(const MatmulArgs& args, int64_t begin, int64_t end);  // gemm_tiles_avx512.cpp
 #endif

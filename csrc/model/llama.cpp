@@ -272,10 +272,7 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
     // --- SwiGLU MLP block ---
     for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.ffn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
     matmul_rows_shared({L.w_gate, L.w_up}, {gate_.data(), up_.data()}, h_.data(), n, n_prompt);
-    for (int64_t i = 0; i < n * ffn; ++i) {
-      const float g = gate_[i];
-      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
-    }
+    kt_->swiglu(gate_.data(), up_.data(), n * ffn);
     matmul_rows(*L.w_down, gate_.data(), n, n_prompt, o_.data());
     for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
   }

@@ -1,6 +1,7 @@
 #include "quant/matmul_ref.h"
 
 #include "kernels/attention_ref.h"
+#include "kernels/elementwise_ref.h"
 #include "quant/fp16.h"
 #include "quant/quantize.h"
 
@@ -130,7 +131,7 @@ const KernelTable& kernels_scalar() {
   static const KernelTable t{Isa::Scalar, "scalar", false, quantize_row_act_ref, round_act_f16_ref, matmul_scalar,
                              read_checksum_scalar, attn_scores_f32_ref, attn_scores_f16_ref, softmax_ref,
                              attn_mix_f32_ref, attn_mix_f16_ref, attn_scores_q8_ref, attn_mix_q8_ref,
-                             matmul_scalar, false, false};
+                             matmul_scalar, false, false, swiglu_ref};
   return t;
 }
 
