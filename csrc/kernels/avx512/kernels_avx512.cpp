@@ -269,8 +269,9 @@ void q4_panel_x2(const uint8_t* panel, const PanelLayout& L, int64_t nb, const b
       if (G) z = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(rec + 32)));
       __m512 mn = _mm512_setzero_ps();
       if (F == Format::Q4_1) mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32)));
-      // Rows in groups of R, vectors outer: 2R independent dpbusd chains in flight (one row
-      // at a time left each row's two 8-deep chains waiting on latency).
+      // Rows in groups of R, vectors outer: 2R independent dpbusd chains in flight (measured
+      // level with one row at a time, whose two 8-deep chains the out-of-order window
+      // already overlapped; kept for the shorter dependence per row).
       constexpr int R = MT < 4 ? MT : 4;
 #pragma GCC unroll 2
       for (int g = 0; g < MT; g += R) {
