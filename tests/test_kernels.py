@@ -64,6 +64,29 @@ def test_matmul_matches_scalar_reference(fmt, n, k, isa, nthreads, activations, 
                                    err_msg=f"{fmt} n={n} k={k} m={m} isa={isa} threads={nthreads}")
 
 
+@pytest.mark.skipif("amx" not in ISAS, reason="this CPU (or OS) gives no AMX tile unit to this process")
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("fmt,n,k", CASES[:3 * len(QUANT)])
+def test_amx_prompt_rows_are_bit_identical_to_avx512(fmt, n, k, nthreads, threads):
+    """The tile kernel takes prompt rows 16 at a time and leaves the rest to the AVX-512
+    loop; both form the same exact integers and the same float expression, so every row
+    must come out bit for bit the same whichever kernel ran it (a sequence's logits must
+    not depend on how its batch was cut). M = 16, 17 and 47 leave 0, 1 and 15 rows to the
+    AVX-512 loop; n = 5 and 37 end in a partial panel, three threads split odd panel counts."""
+    le.set_num_threads(nthreads)
+    rng = np.random.default_rng(n * 7919 + k)
+    data, _, _ = gaussian_case(fmt, n, k)
+    amx = le.PackedMatrix(data, fmt, k, isa="amx")
+    avx512 = le.PackedMatrix(data, fmt, k, isa="avx512")
+    for m in (16, 17, 47, 128):
+        x = (rng.standard_normal((m, k)) * rng.uniform(0.1, 10, (m, 1))).astype(np.float32)
+        y = amx.matmul(x, activations="int8x2-prompt")
+        np.testing.assert_array_equal(y, avx512.matmul(x, activations="int8x2-prompt"),
+                                      err_msg=f"{fmt} n={n} k={k} m={m} threads={nthreads}")
+        # and each row alone (the AVX-512 one-row loop) gives the same bits as in the tile
+        np.testing.assert_array_equal(y[m - 1:], amx.matmul(x[m - 1:], activations="int8x2-prompt"))
+
+
 @functools.lru_cache(maxsize=None)
 def f32_refs(fmt: str, n: int, k: int):
     data, xs, _ = gaussian_case(fmt, n, k)

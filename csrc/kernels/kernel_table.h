@@ -6,7 +6,7 @@
 
 namespace linly {
 
-enum class Isa : int { Scalar = 0, Avx2, Avx512 };
+enum class Isa : int { Scalar = 0, Avx2, Avx512, Amx };
 
 // y[m, n] = Σ_k x[m, k] · W[n, k]  for the rows (or panels) in [begin, end).
 struct MatmulArgs {
@@ -21,7 +21,7 @@ struct MatmulArgs {
   const uint16_t* xh = nullptr;  // [m, k] x rounded to f16, read instead of x when set
                                  // (dense f16 at decode: takes_f16_input, quantize.h)
   bool prompt = false;  // precise rows of a prompt: an ISA may take its many-row kernels
-                        // (Activations::Int8x2Prompt; AVX-512 does, the others ignore it)
+                        // (Activations::Int8x2Prompt; AVX-512 and AMX do, the others ignore it)
 };
 
 struct KernelTable {
@@ -61,6 +61,10 @@ const KernelTable& kernels_scalar();
 #if defined(LINLY_X86)
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+#if defined(LINLY_AMX)
+// The AVX-512 row with int8x2 prompt rows on the AMX tile unit (kernels_amx.cpp).
+const KernelTable& kernels_amx();
+#endif
 // AVX2 attention kernels, shared by the AVX-512 row (every AVX-512 CPU has AVX2).
 void attn_scores_f32_avx2(const float* q, const float* k, int64_t stride, int64_t len, int64_t hd, float scale,
                           float* scores);

@@ -20,6 +20,9 @@ const Row kRows[] = {
     {"avx2", kernels_avx2, [] { return cpu_features().can_avx2(); }},
     {"avx512", kernels_avx512, [] { return cpu_features().can_avx512(); }},
 #endif
+#if defined(LINLY_AMX)
+    {"amx", kernels_amx, [] { return cpu_features().can_amx(); }},
+#endif
 };
 
 std::string joined(const std::vector<std::string>& v) {
