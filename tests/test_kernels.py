@@ -87,6 +87,36 @@ def test_amx_prompt_rows_are_bit_identical_to_avx512(fmt, n, k, nthreads, thread
         np.testing.assert_array_equal(y[m - 1:], amx.matmul(x[m - 1:], activations="int8x2-prompt"))
 
 
+@pytest.mark.skipif("amx" not in ISAS, reason="this CPU (or OS) gives no AMX tile unit to this process")
+@pytest.mark.parametrize("fmt", QUANT)
+def test_amx_f32_prompt_rows_are_near_f32_and_batch_invariant(fmt, threads):
+    """The AMX prompt kernel multiplies x and W each split into two bf16 parts (three tile
+    products). Its error against the float64 product, as an RMS over all outputs, must stay
+    at the few-ulp-of-bf16-squared level (dropping any one of the three products, or the
+    split of either operand, costs about 1e-3) and below the int8x2 product's, which it
+    replaces in the decoder's prompts. Every row comes out bit for bit the same alone, in a
+    tile pair, in a partial last tile, at 1 and 3 threads."""
+    rng = np.random.default_rng(5)
+    n, k = 37, 4224  # 33 groups of 128
+    data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
+    x = (rng.standard_normal((47, k)) * rng.uniform(0.1, 10, (47, 1))).astype(np.float32)
+    x[:, 7] *= 40  # an outlier channel, as LLaMA activations have
+    exact = x.astype(np.float64) @ le.dequantize(data, fmt, k).astype(np.float64).T
+    mat = le.PackedMatrix(data, fmt, k, isa="amx")
+    le.set_num_threads(1)
+    y = mat.matmul(x, activations="f32")
+
+    def rms_rel(v):
+        return float(np.sqrt(np.mean((v - exact) ** 2) / np.mean(exact ** 2)))
+
+    assert rms_rel(y) < 2e-5, (fmt, rms_rel(y))
+    assert rms_rel(y) < rms_rel(mat.matmul(x, activations="int8x2")), fmt
+    for nthreads in (1, 3):
+        le.set_num_threads(nthreads)
+        for rows in (slice(0, 1), slice(0, 16), slice(0, 17), slice(46, 47), slice(0, 47)):
+            np.testing.assert_array_equal(mat.matmul(x[rows], activations="f32"), y[rows], err_msg=f"{fmt} {rows}")
+
+
 @functools.lru_cache(maxsize=None)
 def f32_refs(fmt: str, n: int, k: int):
     data, xs, _ = gaussian_case(fmt, n, k)

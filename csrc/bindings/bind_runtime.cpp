@@ -23,7 +23,7 @@ void bind_runtime(py::module_& m) {
     detected["avx2"] = f.avx2; detected["fma"] = f.fma; detected["f16c"] = f.f16c;
     detected["avx512f"] = f.avx512f; detected["avx512bw"] = f.avx512bw; detected["avx512vl"] = f.avx512vl;
     detected["avx512_vnni"] = f.avx512vnni; detected["avx512_bf16"] = f.avx512bf16;
-    detected["amx_tile"] = f.amx_tile; detected["amx_int8"] = f.amx_int8;
+    detected["amx_tile"] = f.amx_tile; detected["amx_int8"] = f.amx_int8; detected["amx_bf16"] = f.amx_bf16;
     detected["os_saves_ymm"] = f.os_avx; detected["os_saves_zmm"] = f.os_avx512;
     detected["os_grants_amx"] = f.os_amx;
     py::dict info;

@@ -49,6 +49,7 @@ CpuFeatures probe() {
     f.avx512vnni = (c >> 11) & 1;
     f.amx_tile = (d >> 24) & 1;
     f.amx_int8 = (d >> 25) & 1;
+    f.amx_bf16 = (d >> 22) & 1;
   }
   f.os_amx = f.os_amx && f.amx_tile && os_grants_tile_data();
   if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512bf16 = (a >> 5) & 1;

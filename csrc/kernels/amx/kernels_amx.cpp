@@ -1,16 +1,21 @@
-// AMX (TILE + INT8) kernels: the AVX-512 row with the int8x2 prompt product moved onto
+// AMX (TILE, INT8, BF16) kernels: the AVX-512 row with the rows of prompts moved onto
 // the tile unit. Compiled with AVX-512 and AMX flags in this unit only and reached solely
 // through kernels_amx() after CPUID, XGETBV and the kernel's permission for tile data
 // (cpu_features.cpp) say it can run.
 //
 // Why only prompts: a decode row is one activation row, so a 16-row tile would be 15/16
 // empty, and decode is bound by reading the weights anyway. A prompt reuses each weight
-// for every row, and the AVX-512 folded loop spends 16 vpdpbusd per row, block and panel
-// (kernels_avx512.cpp); here one TDPBSSD does a whole 16 x 16 x 32 block product, twice
-// (codes and residuals), and the vector units are left with the per-block scaling.
+// for every row; the AVX-512 folded loop spends 16 vpdpbusd per row, block and panel
+// (kernels_avx512.cpp), where one tile instruction does a 16 x 16 x 32 block product.
 //
-// The result is bit-identical to the AVX-512 prompt kernel, so a sequence's logits do
-// not depend on which of the two ran or on how a batch was cut into tiles:
+// Two kernels:
+//   matmul_f32 (what the decoder's prompts take here, f32_prompts): x·Wᵀ as three bf16
+//     tile products, no per-block work (the f32-prompts section below);
+//   matmul with int8x2 prompt rows: TDPBSSD on codes and residuals, bit-identical to the
+//     AVX-512 prompt kernel, for callers that ask for that product by name.
+//
+// The int8x2 tile kernel gives the AVX-512 kernel's bits, so a row's result does not
+// depend on which of the two ran or on how a batch was cut into tiles:
 //   - the integer sums are exact in both: here the weights enter as signed values with
 //     the format's offset taken off while unpacking (q - 8, q - z, or q8_0's codes as they
 //     are; q4_1 keeps unsigned codes and its minimum term), so T = 254·Σw·qs + Σw·r is the
@@ -21,12 +26,19 @@
 // to the AVX-512 kernels.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "kernels/kernel_table.h"
 #include "quant/fp16.h"
 #include "quant/panel.h"
 #include "runtime/aligned_buffer.h"
+
+// Whether the decoder's int8x2-mode prompt rows take matmul_f32 (the bf16x3 tiles) rather
+// than the int8x2 tiles: measured per kernel in benchmarks/test_bench_prompt.py.
+#ifndef LINLY_AMX_F32_PROMPTS
+#define LINLY_AMX_F32_PROMPTS true
+#endif
 
 namespace linly {
 namespace {
@@ -234,6 +246,229 @@ void matmul_amx(const MatmulArgs& a, int64_t begin, int64_t end) {
   kernels_avx512().matmul(rest, begin, end);
 }
 
+// ---- f32 prompts: three bf16 tile products (KernelTable::matmul_f32) -------------------
+// x = xh + xl and w = wh + wl, each part a bf16 (xh = bf16(x), xl = bf16(x - xh)), and
+// x·w ≈ xh·wh + xh·wl + xl·wh: TDPBF16PS multiplies bf16 pairs exactly and accumulates in
+// f32, so one tile of sums runs over the whole of K with no per-block work on the vector
+// units. The int8x2 tile kernel above must scale every 32-block's integer sums by their
+// own d·d2 (tilestored, 16 loads, convert, multiply, FMA per 16 x 16 block), and that
+// epilogue took two thirds of its time. Accuracy: w = d·(q - 8) or d·(q - z) has at most
+// 15 significant bits, so wh + wl is w exactly; q8_0 (18 bits) and q4_1 (d·q + m) keep 16
+// bits of w. Each product is within about 3·2^-18 of x·w, where int8x2 activations are
+// within 2^-16 of the block's largest |x| (formats.h). Dense formats keep the f32 tiles.
+//
+// Tile registers here (a config of its own, loaded on entry):
+//   tmm0, tmm1  16 x 16 f32 sums of two 16-row activation tiles against one panel
+//   tmm2, tmm3  the panel's wh and wl for one 32-block: 16 k-pairs x 16 rows x 2 bf16
+//   tmm4, tmm5  xh and xl of the first activation tile: 16 rows x 32 bf16
+//   tmm6, tmm7  the same for the second
+constexpr TileConfig make_bf16_tile_config() {
+  TileConfig c{};
+  c.palette_id = 1;
+  for (int t = 0; t < 8; ++t) c.colsb[t] = 64, c.rows[t] = kTileRows;
+  return c;
+}
+alignas(64) constexpr TileConfig kBf16TileConfig = make_bf16_tile_config();
+
+// (a, b) → one vector whose 32-bit lane r holds bf16(a[r]) low and bf16(b[r]) high: the
+// k-pair layout a tile row of TDPBF16PS's second operand wants. Also returns what the
+// rounding left over, as f32, for the low parts.
+inline __m512i bf16_pairs(__m512 a, __m512 b, __m512* rest_a, __m512* rest_b) {
+  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                              22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i p = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+  *rest_a = _mm512_sub_ps(a, _mm512_castsi512_ps(_mm512_slli_epi32(p, 16)));
+  *rest_b = _mm512_sub_ps(b, _mm512_castsi512_ps(_mm512_and_si512(p, _mm512_set1_epi32((int)0xffff0000u))));
+  return p;
+}
+
+// Blocks [b0, b1) of one panel as [b1 - b0][2 (wh, wl)][16 k-pairs][16 rows][2] bf16
+// (2 KiB per block).
+template <Format F>
+void unpack_panel_bf16(const uint8_t* panel, const PanelLayout& L, int64_t b0, int64_t b1, AlignedBuffer& out) {
+  constexpr int G = q4_group_size(F);
+  constexpr int SUB = panel_group_blocks(F), CB = panel_chunk_blocks(F);
+  constexpr int RB = panel_record_bytes(F), BB = panel_block_bytes(F);
+  if (out.size() < (b1 - b0) * 2048) out = AlignedBuffer((b1 - b0) * 2048);
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  for (int64_t c0 = b0 / CB * CB; c0 < b1; c0 += CB) {
+    const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
+    const int nbc = L.blocks_in_chunk(c0);
+    const uint8_t* records = chunk + nbc * BB;
+    for (int bi = 0; bi < nbc; ++bi) {
+      if (c0 + bi < b0 || c0 + bi >= b1) continue;
+      const uint8_t* q = chunk + bi * BB;
+      const uint8_t* rec = records + bi / SUB * RB;
+      __m512i* hi = (__m512i*)(out.data() + (c0 + bi - b0) * 2048);
+      __m512i* lo = hi + 16;
+      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)rec));
+      __m512 mn = _mm512_setzero_ps();
+      if (F == Format::Q4_1) mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32)));
+      __m512i off = _mm512_setzero_si512();
+      if (F == Format::Q4_0) off = _mm512_set1_epi8(8);
+      if (G) off = _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(rec + 32))),
+                                      _mm512_set1_epi32(0x01010101));
+      for (int j = 0; j < 8; ++j) {  // j: elements 4j..4j+3 of every row, one byte each per lane
+        __m512i w;
+        if (F == Format::Q8_0) {
+          w = _mm512_loadu_si512((const void*)(q + j * 64));
+        } else {
+          const __m512i raw = _mm512_loadu_si512((const void*)(q + (j & 3) * 64));
+          w = _mm512_sub_epi8(_mm512_and_si512(j < 4 ? raw : _mm512_srli_epi16(raw, 4), low4), off);
+        }
+        __m512 f[4];  // element 4j+i of the 16 rows
+        for (int i = 0; i < 4; ++i) {
+          const __m512i e = F == Format::Q4_1 ? _mm512_srli_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24)
+                                              : _mm512_srai_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24);
+          f[i] = F == Format::Q4_1 ? _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(e), mn)
+                                   : _mm512_mul_ps(d, _mm512_cvtepi32_ps(e));
+        }
+        for (int h = 0; h < 2; ++h) {  // k-pairs 2j and 2j+1
+          __m512 ra, rb;
+          _mm512_store_si512(hi + 2 * j + h, bf16_pairs(f[2 * h], f[2 * h + 1], &ra, &rb));
+          __m512 unused_a, unused_b;
+          _mm512_store_si512(lo + 2 * j + h, bf16_pairs(ra, rb, &unused_a, &unused_b));
+        }
+      }
+    }
+  }
+}
+
+// Columns [32·b0, 32·b1) of x [m, k] as [tiles][b1 - b0][2 (xh, xl)][16 rows][32] bf16;
+// rows past m are zero.
+void split_activations(const float* x, int64_t m, int64_t k, int64_t tiles, int64_t b0, int64_t b1,
+                       AlignedBuffer& out) {
+  const int64_t nb = b1 - b0;
+  if (out.size() < tiles * nb * 2048) out = AlignedBuffer(tiles * nb * 2048);
+  for (int64_t t = 0; t < tiles; ++t)
+    for (int r = 0; r < kTileRows; ++r) {
+      const int64_t row = t * kTileRows + r;
+      for (int64_t j = 0; j < nb; ++j) {
+        const int64_t b = b0 + j;
+        uint8_t* dst = out.data() + ((t * nb + j) * 2 * kTileRows + r) * 64;
+        if (row >= m) {
+          _mm512_store_si512(dst, _mm512_setzero_si512());
+          _mm512_store_si512(dst + kTileRows * 64, _mm512_setzero_si512());
+          continue;
+        }
+        const __m512 x0 = _mm512_loadu_ps(x + row * k + b * QK), x1 = _mm512_loadu_ps(x + row * k + b * QK + 16);
+        const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // k order, as the tile row wants
+        const __m512 h0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(h)), 16));
+        const __m512 h1 =
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(h, 1)), 16));
+        _mm512_store_si512(dst, h);
+        _mm512_store_si512(dst + kTileRows * 64,
+                           (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0)));
+      }
+    }
+}
+
+// 16 x 16 sums from `sums` (a tile stored with stride 64) into the y rows and columns
+// that exist, and back (the rest zero) for the next K range.
+void store_partial(const float* sums, float* y, int64_t ldy, int64_t rows_m, int cols) {
+  const __mmask16 mask = (__mmask16)((1u << cols) - 1u);
+  for (int64_t r = 0; r < rows_m; ++r) _mm512_mask_storeu_ps(y + r * ldy, mask, _mm512_load_ps(sums + 16 * r));
+}
+void load_partial(float* sums, const float* y, int64_t ldy, int64_t rows_m, int cols) {
+  const __mmask16 mask = (__mmask16)((1u << cols) - 1u);
+  for (int64_t r = 0; r < kTileRows; ++r)
+    _mm512_store_ps(sums + 16 * r, r < rows_m ? _mm512_maskz_loadu_ps(mask, y + r * ldy) : _mm512_setzero_ps());
+}
+
+// Activation bytes (xh and xl) per K range: the range's split activations are read once
+// per panel, so they should stay in L2 (2 MiB per core on the machines with AMX so far);
+// a 128-row prompt against K = 5632 in one range (2.8 MiB) ran at 0.55x the speed per
+// element of K = 2048 (1 MiB).
+constexpr int64_t kActivationRangeBytes = 1 << 20;
+
+// One 16-row tile's sums over the current K range: started from zero on the first range,
+// from y on later ones (an f32 store and load are exact, so the sums' sequence of
+// roundings does not depend on where K was cut).
+#define LINLY_TILE_START(C, y, ldy, rows, cols, first, scratch)                   \
+  do {                                                                              \
+    if (first) {                                                                    \
+      _tile_zero(C);                                                                \
+    } else if ((rows) == kTileRows && (cols) == kPanelRows) {                       \
+      _tile_loadd(C, y, (ldy) * (int64_t)sizeof(float));                            \
+    } else {                                                                        \
+      load_partial(scratch, y, ldy, rows, cols);                                    \
+      _tile_loadd(C, scratch, 64);                                                  \
+    }                                                                               \
+  } while (0)
+#define LINLY_TILE_FINISH(C, y, ldy, rows, cols, scratch)                         \
+  do {                                                                              \
+    if ((rows) == kTileRows && (cols) == kPanelRows) {                              \
+      _tile_stored(C, y, (ldy) * (int64_t)sizeof(float));                           \
+    } else {                                                                        \
+      _tile_stored(C, scratch, 64);                                                 \
+      store_partial(scratch, y, ldy, rows, cols);                                   \
+    }                                                                               \
+  } while (0)
+
+template <Format F>
+void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
+  thread_local AlignedBuffer wbuf, xbuf;
+  const PanelLayout L = panel_layout(a.fmt, a.k);
+  const int64_t nb = a.k / QK;
+  const int64_t tiles = (a.m + kTileRows - 1) / kTileRows;
+  const int64_t range = std::max<int64_t>(4, kActivationRangeBytes / (tiles * 2048));
+  alignas(64) float scratch[2][256];
+  _tile_loadconfig(&kBf16TileConfig);
+  for (int64_t b0 = 0; b0 < nb; b0 += range) {
+    const int64_t b1 = std::min(nb, b0 + range), kn = b1 - b0;
+    split_activations(a.x, a.m, a.k, tiles, b0, b1, xbuf);
+    for (int64_t p = begin; p < end; ++p) {
+      unpack_panel_bf16<F>(a.w + p * L.panel_bytes, L, b0, b1, wbuf);
+      __asm__ volatile("" ::: "memory");  // tileloadd's asm names no memory operand
+      const int cols = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+      for (int64_t t = 0; t < tiles; t += 2) {
+        const bool pair = t + 1 < tiles;
+        const uint8_t* x0 = xbuf.data() + t * kn * 2048;
+        const uint8_t* x1 = x0 + kn * 2048;
+        float* y0 = a.y + t * kTileRows * a.n + p * kPanelRows;
+        float* y1 = y0 + kTileRows * a.n;
+        const int64_t rows0 = std::min<int64_t>(kTileRows, a.m - t * kTileRows);
+        const int64_t rows1 = pair ? std::min<int64_t>(kTileRows, a.m - (t + 1) * kTileRows) : 0;
+        LINLY_TILE_START(0, y0, a.n, rows0, cols, b0 == 0, scratch[0]);
+        if (pair) LINLY_TILE_START(1, y1, a.n, rows1, cols, b0 == 0, scratch[1]);
+        for (int64_t j = 0; j < kn; ++j) {  // the hot loop: three TDPBF16PS per tile and block
+          const uint8_t* w = wbuf.data() + j * 2048;
+          _tile_loadd(2, w, 64);
+          _tile_loadd(3, w + 1024, 64);
+          _tile_loadd(4, x0 + j * 2048, 64);
+          _tile_loadd(5, x0 + j * 2048 + 1024, 64);
+          _tile_dpbf16ps(0, 4, 2);
+          _tile_dpbf16ps(0, 4, 3);
+          _tile_dpbf16ps(0, 5, 2);
+          if (pair) {
+            _tile_loadd(6, x1 + j * 2048, 64);
+            _tile_loadd(7, x1 + j * 2048 + 1024, 64);
+            _tile_dpbf16ps(1, 6, 2);
+            _tile_dpbf16ps(1, 6, 3);
+            _tile_dpbf16ps(1, 7, 2);
+          }
+        }
+        LINLY_TILE_FINISH(0, y0, a.n, rows0, cols, scratch[0]);
+        if (pair) LINLY_TILE_FINISH(1, y1, a.n, rows1, cols, scratch[1]);
+      }
+    }
+  }
+  _tile_release();
+}
+
+void matmul_f32_amx(const MatmulArgs& a, int64_t begin, int64_t end) {
+  if (!a.panels) { gemm_tiles_avx512(a, begin, end); return; }
+  switch (a.fmt) {
+    case Format::Q4_0: f32_prompt_tiles<Format::Q4_0>(a, begin, end); return;
+    case Format::Q4_1: f32_prompt_tiles<Format::Q4_1>(a, begin, end); return;
+    case Format::Q8_0: f32_prompt_tiles<Format::Q8_0>(a, begin, end); return;
+    case Format::Q4_G32: f32_prompt_tiles<Format::Q4_G32>(a, begin, end); return;
+    case Format::Q4_G64: f32_prompt_tiles<Format::Q4_G64>(a, begin, end); return;
+    case Format::Q4_G128: f32_prompt_tiles<Format::Q4_G128>(a, begin, end); return;
+    default: gemm_tiles_avx512(a, begin, end); return;
+  }
+}
+
 }  // namespace
 
 const KernelTable& kernels_amx() {
@@ -242,6 +477,8 @@ const KernelTable& kernels_amx() {
     k.isa = Isa::Amx;
     k.name = "amx";
     k.matmul = matmul_amx;
+    k.matmul_f32 = matmul_f32_amx;
+    k.f32_prompts = LINLY_AMX_F32_PROMPTS;
     return k;
   }();
   return t;
