@@ -282,55 +282,41 @@ inline __m512i bf16_pairs(__m512 a, __m512 b, __m512* rest_a, __m512* rest_b) {
   return p;
 }
 
-// Blocks [b0, b1) of one panel as [b1 - b0][2 (wh, wl)][16 k-pairs][16 rows][2] bf16
-// (2 KiB per block).
+// One slice of a panel's block b: elements 4j..4j+3 of its 16 rows (j < 8), as k-pairs
+// 2j and 2j+1 of wh and of wl in `out`, the block's [2 (wh, wl)][16 k-pairs][16 rows][2]
+// bf16 (2 KiB). Slices, not panels, so the unpacking of the next panel can be spread
+// between the tile instructions of this one (f32_prompt_tiles).
 template <Format F>
-void unpack_panel_bf16(const uint8_t* panel, const PanelLayout& L, int64_t b0, int64_t b1, AlignedBuffer& out) {
+inline void unpack_slice(const uint8_t* panel, const PanelLayout& L, int64_t b, int j, uint8_t* out) {
   constexpr int G = q4_group_size(F);
-  constexpr int SUB = panel_group_blocks(F), CB = panel_chunk_blocks(F);
-  constexpr int RB = panel_record_bytes(F), BB = panel_block_bytes(F);
-  if (out.size() < (b1 - b0) * 2048) out = AlignedBuffer((b1 - b0) * 2048);
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
-  for (int64_t c0 = b0 / CB * CB; c0 < b1; c0 += CB) {
-    const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
-    const int nbc = L.blocks_in_chunk(c0);
-    const uint8_t* records = chunk + nbc * BB;
-    for (int bi = 0; bi < nbc; ++bi) {
-      if (c0 + bi < b0 || c0 + bi >= b1) continue;
-      const uint8_t* q = chunk + bi * BB;
-      const uint8_t* rec = records + bi / SUB * RB;
-      __m512i* hi = (__m512i*)(out.data() + (c0 + bi - b0) * 2048);
-      __m512i* lo = hi + 16;
-      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)rec));
-      __m512 mn = _mm512_setzero_ps();
-      if (F == Format::Q4_1) mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32)));
-      __m512i off = _mm512_setzero_si512();
-      if (F == Format::Q4_0) off = _mm512_set1_epi8(8);
-      if (G) off = _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(rec + 32))),
-                                      _mm512_set1_epi32(0x01010101));
-      for (int j = 0; j < 8; ++j) {  // j: elements 4j..4j+3 of every row, one byte each per lane
-        __m512i w;
-        if (F == Format::Q8_0) {
-          w = _mm512_loadu_si512((const void*)(q + j * 64));
-        } else {
-          const __m512i raw = _mm512_loadu_si512((const void*)(q + (j & 3) * 64));
-          w = _mm512_sub_epi8(_mm512_and_si512(j < 4 ? raw : _mm512_srli_epi16(raw, 4), low4), off);
-        }
-        __m512 f[4];  // element 4j+i of the 16 rows
-        for (int i = 0; i < 4; ++i) {
-          const __m512i e = F == Format::Q4_1 ? _mm512_srli_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24)
-                                              : _mm512_srai_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24);
-          f[i] = F == Format::Q4_1 ? _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(e), mn)
-                                   : _mm512_mul_ps(d, _mm512_cvtepi32_ps(e));
-        }
-        for (int h = 0; h < 2; ++h) {  // k-pairs 2j and 2j+1
-          __m512 ra, rb;
-          _mm512_store_si512(hi + 2 * j + h, bf16_pairs(f[2 * h], f[2 * h + 1], &ra, &rb));
-          __m512 unused_a, unused_b;
-          _mm512_store_si512(lo + 2 * j + h, bf16_pairs(ra, rb, &unused_a, &unused_b));
-        }
-      }
+  const uint8_t* q = panel + L.qs_offset(b);
+  const uint8_t* rec = panel + L.record_offset(b);
+  const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)rec));
+  __m512i w;
+  if (F == Format::Q8_0) {
+    w = _mm512_loadu_si512((const void*)(q + j * 64));
+  } else {
+    __m512i off = _mm512_setzero_si512();
+    if (F == Format::Q4_0) off = _mm512_set1_epi8(8);
+    if (G) off = _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(rec + 32))),
+                                    _mm512_set1_epi32(0x01010101));
+    const __m512i raw = _mm512_loadu_si512((const void*)(q + (j & 3) * 64));
+    w = _mm512_sub_epi8(_mm512_and_si512(j < 4 ? raw : _mm512_srli_epi16(raw, 4), _mm512_set1_epi8(0x0f)), off);
+  }
+  __m512 f[4];  // element 4j+i of the 16 rows
+  for (int i = 0; i < 4; ++i) {
+    if (F == Format::Q4_1) {
+      const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32)));
+      f[i] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_srli_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24)), mn);
+    } else {
+      f[i] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24)));
     }
+  }
+  __m512i* hi = (__m512i*)out;
+  for (int h = 0; h < 2; ++h) {  // k-pairs 2j and 2j+1
+    __m512 ra, rb, unused_a, unused_b;
+    _mm512_store_si512(hi + 2 * j + h, bf16_pairs(f[2 * h], f[2 * h + 1], &ra, &rb));
+    _mm512_store_si512(hi + 16 + 2 * j + h, bf16_pairs(ra, rb, &unused_a, &unused_b));
   }
 }
 
@@ -380,6 +366,9 @@ void load_partial(float* sums, const float* y, int64_t ldy, int64_t rows_m, int 
 // a 128-row prompt against K = 5632 in one range (2.8 MiB) ran at 0.55x the speed per
 // element of K = 2048 (1 MiB).
 constexpr int64_t kActivationRangeBytes = 1 << 20;
+// At most this many blocks per K range, so the two unpacked panels (2 KiB per block each)
+// stay within 512 KiB of L2 when the prompt is short.
+constexpr int64_t kMaxRangeBlocks = 128;
 
 // One 16-row tile's sums over the current K range: started from zero on the first range,
 // from y on later ones (an f32 store and load are exact, so the sums' sequence of
@@ -410,16 +399,26 @@ void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
   thread_local AlignedBuffer wbuf, xbuf;
   const PanelLayout L = panel_layout(a.fmt, a.k);
   const int64_t nb = a.k / QK;
-  const int64_t tiles = (a.m + kTileRows - 1) / kTileRows;
-  const int64_t range = std::max<int64_t>(4, kActivationRangeBytes / (tiles * 2048));
+  const int64_t tiles = (a.m + kTileRows - 1) / kTileRows, pairs = (tiles + 1) / 2;
+  const int64_t range = std::min<int64_t>(kMaxRangeBlocks, std::max<int64_t>(4, kActivationRangeBytes / (tiles * 2048)));
+  if (wbuf.size() < 2 * range * 2048) wbuf = AlignedBuffer(2 * range * 2048);
   alignas(64) float scratch[2][256];
   _tile_loadconfig(&kBf16TileConfig);
-  for (int64_t b0 = 0; b0 < nb; b0 += range) {
-    const int64_t b1 = std::min(nb, b0 + range), kn = b1 - b0;
-    split_activations(a.x, a.m, a.k, tiles, b0, b1, xbuf);
+  for (int64_t a0 = 0; a0 < nb; a0 += range) {
+    const int64_t a1 = std::min(nb, a0 + range), kn = a1 - a0;
+    split_activations(a.x, a.m, a.k, tiles, a0, a1, xbuf);
+    const int64_t slices = kn * 8;  // per panel
+    // This panel's unpacking is spread over the previous panel's tile loop, `per_step`
+    // slices after each block's tile instructions: the vector units do it while the tile
+    // unit multiplies (done apart, it was 30 % of the kernel's time at M = 128).
+    const int64_t per_step = (slices + pairs * kn - 1) / (pairs * kn);
+    for (int64_t s = 0; s < slices; ++s) unpack_slice<F>(a.w + begin * L.panel_bytes, L, a0 + s / 8, (int)(s % 8), wbuf.data() + s / 8 * 2048);
     for (int64_t p = begin; p < end; ++p) {
-      unpack_panel_bf16<F>(a.w + p * L.panel_bytes, L, b0, b1, wbuf);
       __asm__ volatile("" ::: "memory");  // tileloadd's asm names no memory operand
+      const uint8_t* cur = wbuf.data() + ((p - begin) & 1) * range * 2048;
+      uint8_t* next = wbuf.data() + ((p - begin + 1) & 1) * range * 2048;
+      const uint8_t* next_panel = p + 1 < end ? a.w + (p + 1) * L.panel_bytes : nullptr;
+      int64_t s = 0;  // slices of the next panel done
       const int cols = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
       for (int64_t t = 0; t < tiles; t += 2) {
         const bool pair = t + 1 < tiles;
@@ -429,10 +428,10 @@ void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
         float* y1 = y0 + kTileRows * a.n;
         const int64_t rows0 = std::min<int64_t>(kTileRows, a.m - t * kTileRows);
         const int64_t rows1 = pair ? std::min<int64_t>(kTileRows, a.m - (t + 1) * kTileRows) : 0;
-        LINLY_TILE_START(0, y0, a.n, rows0, cols, b0 == 0, scratch[0]);
-        if (pair) LINLY_TILE_START(1, y1, a.n, rows1, cols, b0 == 0, scratch[1]);
+        LINLY_TILE_START(0, y0, a.n, rows0, cols, a0 == 0, scratch[0]);
+        if (pair) LINLY_TILE_START(1, y1, a.n, rows1, cols, a0 == 0, scratch[1]);
         for (int64_t j = 0; j < kn; ++j) {  // the hot loop: three TDPBF16PS per tile and block
-          const uint8_t* w = wbuf.data() + j * 2048;
+          const uint8_t* w = cur + j * 2048;
           _tile_loadd(2, w, 64);
           _tile_loadd(3, w + 1024, 64);
           _tile_loadd(4, x0 + j * 2048, 64);
@@ -447,6 +446,9 @@ void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
             _tile_dpbf16ps(1, 6, 3);
             _tile_dpbf16ps(1, 7, 2);
           }
+          if (next_panel)
+            for (int64_t i = 0; i < per_step && s < slices; ++i, ++s)
+              unpack_slice<F>(next_panel, L, a0 + s / 8, (int)(s % 8), next + s / 8 * 2048);
         }
         LINLY_TILE_FINISH(0, y0, a.n, rows0, cols, scratch[0]);
         if (pair) LINLY_TILE_FINISH(1, y1, a.n, rows1, cols, scratch[1]);
