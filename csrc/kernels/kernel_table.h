@@ -62,7 +62,7 @@ const KernelTable& kernels_scalar();
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
 #if defined(LINLY_AMX)
-// The AVX-512 row with int8x2 prompt rows on the AMX tile unit (kernels_amx.cpp).
+// The AVX-512 row with prompt rows on the AMX tile unit (kernels_amx.cpp).
 const KernelTable& kernels_amx();
 #endif
 // AVX2 attention kernels, shared by the AVX-512 row (every AVX-512 CPU has AVX2).

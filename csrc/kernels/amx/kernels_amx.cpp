@@ -30,15 +30,8 @@
 #include <vector>
 
 #include "kernels/kernel_table.h"
-#include "quant/fp16.h"
 #include "quant/panel.h"
 #include "runtime/aligned_buffer.h"
-
-// Whether the decoder's int8x2-mode prompt rows take matmul_f32 (the bf16x3 tiles) rather
-// than the int8x2 tiles: measured per kernel in benchmarks/test_bench_prompt.py.
-#ifndef LINLY_AMX_F32_PROMPTS
-#define LINLY_AMX_F32_PROMPTS true
-#endif
 
 namespace linly {
 namespace {
@@ -75,6 +68,22 @@ alignas(64) constexpr TileConfig kTileConfig = make_tile_config();
 
 void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 
+// Row j (elements 4j..4j+3 of each of the 16 weight rows, one byte per lane) of block
+// codes `q` (panel.h) whose scale record is `rec`, as the integers the weights multiply:
+// q - 8 (q4_0), q - z (q4_gG), q8_0's codes, q4_1's unsigned codes (its minimum is added
+// apart). Both tile kernels unpack the panels through it.
+template <Format F>
+inline __m512i code_row(const uint8_t* q, const uint8_t* rec, int j) {
+  if (F == Format::Q8_0) return _mm512_loadu_si512((const void*)(q + j * 64));
+  __m512i off = _mm512_setzero_si512();
+  if (F == Format::Q4_0) off = _mm512_set1_epi8(8);
+  if (q4_group_size(F))
+    off = _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(rec + 32))),
+                             _mm512_set1_epi32(0x01010101));
+  const __m512i raw = _mm512_loadu_si512((const void*)(q + (j & 3) * 64));
+  return _mm512_sub_epi8(_mm512_and_si512(j < 4 ? raw : _mm512_srli_epi16(raw, 4), _mm512_set1_epi8(0x0f)), off);
+}
+
 // One panel's weights as the tile unit reads them, for all of K: per 32-block eight rows
 // of 64 signed (unsigned for q4_1) bytes, the panel's qs[v][r][i] order (panel.h) with
 // the nibbles split (rows 0-3 low nibbles, rows 4-7 high nibbles: elements 4v+i and
@@ -94,37 +103,14 @@ struct PanelBlocks {
 
 template <Format F>
 void unpack_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, PanelBlocks& out) {
-  constexpr int G = q4_group_size(F);
-  constexpr int SUB = panel_group_blocks(F), CB = panel_chunk_blocks(F);
-  constexpr int RB = panel_record_bytes(F), BB = panel_block_bytes(F);
   out.reserve(nb);
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
-  for (int64_t c0 = 0; c0 < nb; c0 += CB) {
-    const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
-    const int nbc = L.blocks_in_chunk(c0);
-    const uint8_t* records = chunk + nbc * BB;
-    for (int bi = 0; bi < nbc; ++bi) {
-      const int64_t b = c0 + bi;
-      const uint8_t* q = chunk + bi * BB;
-      const uint8_t* rec = records + bi / SUB * RB;
-      __m512i* w = (__m512i*)(out.codes.data() + b * 512);
-      _mm512_store_ps((float*)out.d.data() + b * 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)rec)));
-      if (F == Format::Q8_0) {
-        for (int v = 0; v < 8; ++v) _mm512_store_si512(w + v, _mm512_loadu_si512((const void*)(q + v * 64)));
-        continue;
-      }
-      __m512i off = _mm512_setzero_si512();  // subtracted from every code of lane r's row
-      if (F == Format::Q4_0) off = _mm512_set1_epi8(8);
-      if (G) off = _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(rec + 32))),
-                                      _mm512_set1_epi32(0x01010101));
-      if (F == Format::Q4_1)
-        _mm512_store_ps((float*)out.mn.data() + b * 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32))));
-      for (int v = 0; v < 4; ++v) {
-        const __m512i raw = _mm512_loadu_si512((const void*)(q + v * 64));
-        _mm512_store_si512(w + v, _mm512_sub_epi8(_mm512_and_si512(raw, low4), off));
-        _mm512_store_si512(w + 4 + v, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(raw, 4), low4), off));
-      }
-    }
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* q = panel + L.qs_offset(b);
+    const uint8_t* rec = panel + L.record_offset(b);
+    _mm512_store_ps((float*)out.d.data() + b * 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)rec)));
+    if (F == Format::Q4_1)
+      _mm512_store_ps((float*)out.mn.data() + b * 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32))));
+    for (int j = 0; j < 8; ++j) _mm512_store_si512((__m512i*)(out.codes.data() + b * 512) + j, code_row<F>(q, rec, j));
   }
 }
 
@@ -288,25 +274,14 @@ inline __m512i bf16_pairs(__m512 a, __m512 b, __m512* rest_a, __m512* rest_b) {
 // between the tile instructions of this one (f32_prompt_tiles).
 template <Format F>
 inline void unpack_slice(const uint8_t* panel, const PanelLayout& L, int64_t b, int j, uint8_t* out) {
-  constexpr int G = q4_group_size(F);
-  const uint8_t* q = panel + L.qs_offset(b);
   const uint8_t* rec = panel + L.record_offset(b);
   const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)rec));
-  __m512i w;
-  if (F == Format::Q8_0) {
-    w = _mm512_loadu_si512((const void*)(q + j * 64));
-  } else {
-    __m512i off = _mm512_setzero_si512();
-    if (F == Format::Q4_0) off = _mm512_set1_epi8(8);
-    if (G) off = _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(rec + 32))),
-                                    _mm512_set1_epi32(0x01010101));
-    const __m512i raw = _mm512_loadu_si512((const void*)(q + (j & 3) * 64));
-    w = _mm512_sub_epi8(_mm512_and_si512(j < 4 ? raw : _mm512_srli_epi16(raw, 4), _mm512_set1_epi8(0x0f)), off);
-  }
+  const __m512 mn = F == Format::Q4_1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32)))
+                                      : _mm512_setzero_ps();
+  const __m512i w = code_row<F>(panel + L.qs_offset(b), rec, j);
   __m512 f[4];  // element 4j+i of the 16 rows
   for (int i = 0; i < 4; ++i) {
     if (F == Format::Q4_1) {
-      const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32)));
       f[i] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_srli_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24)), mn);
     } else {
       f[i] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24)));
@@ -480,7 +455,7 @@ const KernelTable& kernels_amx() {
     k.name = "amx";
     k.matmul = matmul_amx;
     k.matmul_f32 = matmul_f32_amx;
-    k.f32_prompts = LINLY_AMX_F32_PROMPTS;
+    k.f32_prompts = true;  // the bf16x3 tiles beat the int8x2 tiles (test_bench_prompt.py)
     return k;
   }();
   return t;
