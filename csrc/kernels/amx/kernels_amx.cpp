@@ -244,10 +244,13 @@ void matmul_amx(const MatmulArgs& a, int64_t begin, int64_t end) {
 // within 2^-16 of the block's largest |x| (formats.h). Dense formats keep the f32 tiles.
 //
 // Tile registers here (a config of its own, loaded on entry):
-//   tmm0, tmm1  16 x 16 f32 sums of two 16-row activation tiles against one panel
-//   tmm2, tmm3  the panel's wh and wl for one 32-block: 16 k-pairs x 16 rows x 2 bf16
-//   tmm4, tmm5  xh and xl of the first activation tile: 16 rows x 32 bf16
-//   tmm6, tmm7  the same for the second
+//   tmm0-tmm3  16 x 16 f32 sums of up to four 16-row activation tiles against one panel
+//   tmm4, tmm5  xh and xl of one activation tile for one 32-block: 16 rows x 32 bf16
+//   tmm6, tmm7  the panel's wh and wl for that block: 16 k-pairs x 16 rows x 2 bf16
+// Four sum tiles share each wh, wl load: per block 2 + 2·R tile loads for 3·R products,
+// 0.83 KiB per TDPBF16PS at R = 4. Two sum tiles sharing them took 1 KiB per product, and
+// a stand-alone loop reading its operands from L2 at that rate issued one product per 21
+// cycles against 17 at 0.83 KiB and 15 with no loads at all.
 constexpr TileConfig make_bf16_tile_config() {
   TileConfig c{};
   c.palette_id = 1;
@@ -256,42 +259,56 @@ constexpr TileConfig make_bf16_tile_config() {
 }
 alignas(64) constexpr TileConfig kBf16TileConfig = make_bf16_tile_config();
 
-// (a, b) → one vector whose 32-bit lane r holds bf16(a[r]) low and bf16(b[r]) high: the
-// k-pair layout a tile row of TDPBF16PS's second operand wants. Also returns what the
-// rounding left over, as f32, for the low parts.
-inline __m512i bf16_pairs(__m512 a, __m512 b, __m512* rest_a, __m512* rest_b) {
-  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
-                                              22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  const __m512i p = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-  *rest_a = _mm512_sub_ps(a, _mm512_castsi512_ps(_mm512_slli_epi32(p, 16)));
-  *rest_b = _mm512_sub_ps(b, _mm512_castsi512_ps(_mm512_and_si512(p, _mm512_set1_epi32((int)0xffff0000u))));
-  return p;
+// (a, b) → wh and wl as k-pair vectors: 32-bit lane r of *hi holds bf16(a[r]) low and
+// bf16(b[r]) high (the tile row layout of TDPBF16PS's second operand), *lo the same for
+// what that rounding left, a - ah and b - bh (exact in f32). Rounded on the bit pattern
+// (+0x8000, then the top 16 bits: to nearest, ties away from zero), so |wl| <= 2^-9·|w|
+// like round-to-nearest-even's (truncation doubled the dropped xl·wl term), with integer
+// adds and masks instead of vcvtne2ps2bf16 and a word permute.
+inline void split_pairs(__m512 a, __m512 b, __m512i* hi, __m512i* lo) {
+  const __m512i top = _mm512_set1_epi32((int)0xffff0000u), half = _mm512_set1_epi32(0x8000);
+  const __m512i ah = _mm512_and_si512(_mm512_add_epi32(_mm512_castps_si512(a), half), top);
+  const __m512i bh = _mm512_and_si512(_mm512_add_epi32(_mm512_castps_si512(b), half), top);
+  *hi = _mm512_or_si512(_mm512_srli_epi32(ah, 16), bh);
+  const __m512i ra = _mm512_add_epi32(_mm512_castps_si512(_mm512_sub_ps(a, _mm512_castsi512_ps(ah))), half);
+  const __m512i rb = _mm512_add_epi32(_mm512_castps_si512(_mm512_sub_ps(b, _mm512_castsi512_ps(bh))), half);
+  *lo = _mm512_ternarylogic_epi32(_mm512_srli_epi32(ra, 16), rb, top, 0xF8);  // A | (B & C)
 }
 
-// One slice of a panel's block b: elements 4j..4j+3 of its 16 rows (j < 8), as k-pairs
-// 2j and 2j+1 of wh and of wl in `out`, the block's [2 (wh, wl)][16 k-pairs][16 rows][2]
-// bf16 (2 KiB). Slices, not panels, so the unpacking of the next panel can be spread
-// between the tile instructions of this one (f32_prompt_tiles).
+// A panel's block b as the tile unit reads it: [2 (wh, wl)][16 k-pairs][16 rows][2] bf16
+// (2 KiB) in `out`, k-pairs 2j and 2j+1 from elements 4j..4j+3 of the 16 rows.
 template <Format F>
-inline void unpack_slice(const uint8_t* panel, const PanelLayout& L, int64_t b, int j, uint8_t* out) {
+inline void unpack_block(const uint8_t* panel, const PanelLayout& L, int64_t b, uint8_t* out) {
   const uint8_t* rec = panel + L.record_offset(b);
+  const uint8_t* q = panel + L.qs_offset(b);
   const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)rec));
-  const __m512 mn = F == Format::Q4_1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32)))
-                                      : _mm512_setzero_ps();
-  const __m512i w = code_row<F>(panel + L.qs_offset(b), rec, j);
-  __m512 f[4];  // element 4j+i of the 16 rows
-  for (int i = 0; i < 4; ++i) {
-    if (F == Format::Q4_1) {
-      f[i] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_srli_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24)), mn);
-    } else {
-      f[i] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24)));
-    }
-  }
+  // A nibble's value by table lookup (vpermps reads the low 4 bits of each index lane):
+  // q - 8 for q4_0, q for q4_1 (then d·q + m) and q4_gG (then d·q - d·z, exact: d·z
+  // has at most 15 significant bits, and the FMA rounds once).
+  const __m512 lut = F == Format::Q4_0 ? _mm512_set_ps(7, 6, 5, 4, 3, 2, 1, 0, -1, -2, -3, -4, -5, -6, -7, -8)
+                                       : _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  __m512 add = _mm512_setzero_ps();
+  if constexpr (F == Format::Q4_1) add = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32)));
+  if constexpr (q4_group_size(F) != 0)
+    add = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), d),
+                        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(rec + 32)))));
   __m512i* hi = (__m512i*)out;
-  for (int h = 0; h < 2; ++h) {  // k-pairs 2j and 2j+1
-    __m512 ra, rb, unused_a, unused_b;
-    _mm512_store_si512(hi + 2 * j + h, bf16_pairs(f[2 * h], f[2 * h + 1], &ra, &rb));
-    _mm512_store_si512(hi + 16 + 2 * j + h, bf16_pairs(ra, rb, &unused_a, &unused_b));
+  for (int j = 0; j < 8; ++j) {
+    __m512 f[4];  // element 4j+i of the 16 rows, as f32
+    if constexpr (F == Format::Q8_0) {
+      const __m512i w = _mm512_loadu_si512((const void*)(q + j * 64));
+      for (int i = 0; i < 4; ++i)
+        f[i] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(w, 24 - 8 * i), 24)));
+    } else {
+      const __m512i raw = _mm512_loadu_si512((const void*)(q + (j & 3) * 64));
+      const int nibble = j < 4 ? 0 : 4;
+      for (int i = 0; i < 4; ++i) {
+        const __m512 c = _mm512_permutexvar_ps(_mm512_srli_epi32(raw, 8 * i + nibble), lut);
+        f[i] = F == Format::Q4_0 ? _mm512_mul_ps(d, c) : _mm512_fmadd_ps(d, c, add);
+      }
+    }
+    for (int h = 0; h < 2; ++h)  // k-pairs 2j and 2j+1
+      split_pairs(f[2 * h], f[2 * h + 1], hi + 2 * j + h, hi + 16 + 2 * j + h);
   }
 }
 
@@ -344,6 +361,8 @@ constexpr int64_t kActivationRangeBytes = 1 << 20;
 // At most this many blocks per K range, so the two unpacked panels (2 KiB per block each)
 // stay within 512 KiB of L2 when the prompt is short.
 constexpr int64_t kMaxRangeBlocks = 128;
+// Activation tiles that share one load of each block's weight tiles (tmm0-tmm3).
+constexpr int64_t kGroupTiles = 4;
 
 // One 16-row tile's sums over the current K range: started from zero on the first range,
 // from y on later ones (an f32 store and load are exact, so the sums' sequence of
@@ -369,64 +388,95 @@ constexpr int64_t kMaxRangeBlocks = 128;
     }                                                                               \
   } while (0)
 
+// The next panel's unpacking, spread over this panel's tile loop: one block after the
+// tile instructions of every `every`-th block step (one step per group of activation
+// tiles, so a panel's blocks are all unpacked by its last group). On the one AMX machine
+// measured, the vector work and the tile unit barely overlap (a stand-alone loop of both
+// took the sum of their times), but spread like this the kernel still ran 8.4 ms against
+// 9.3 with each panel unpacked whole after the previous one (5632 x 2048, M = 128).
+struct NextPanel {
+  const uint8_t* panel;  // null on the last panel
+  uint8_t* out;
+  int64_t a0, blocks, every, done, step;  // a block after every `every`-th step
+};
+
+template <Format F>
+inline void unpack_step(const PanelLayout& L, NextPanel& nx) {
+  if (!nx.panel || ++nx.step % nx.every != 0 || nx.done == nx.blocks) return;
+  unpack_block<F>(nx.panel, L, nx.a0 + nx.done, nx.out + nx.done * 2048);
+  ++nx.done;
+}
+
+// One activation tile (xh, xl at xt, xt + 1 KiB) times the block's wh, wl (tmm6, tmm7)
+// into sum tile C.
+#define LINLY_ROW_TILE(C, xt)          \
+  do {                                 \
+    _tile_loadd(4, xt, 64);            \
+    _tile_loadd(5, (xt) + 1024, 64);   \
+    _tile_dpbf16ps(C, 4, 6);           \
+    _tile_dpbf16ps(C, 4, 7);           \
+    _tile_dpbf16ps(C, 5, 6);           \
+  } while (0)
+
+// Activation tiles [t0, t0 + R) (R <= 4) against one panel over the current K range:
+// the panel's wh, wl of each block are loaded once for all R tiles, which share them.
+// w: the panel's unpacked blocks of the range; x: the range's split activations.
+template <Format F, int R>
+void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, const uint8_t* x, int64_t kn,
+                int64_t t0, int64_t p, int cols, bool first, NextPanel& nx) {
+  alignas(64) float scratch[R][256];
+  float* y[R];
+  int64_t rows[R];
+  for (int r = 0; r < R; ++r) {
+    y[r] = a.y + (t0 + r) * kTileRows * a.n + p * kPanelRows;
+    rows[r] = std::min<int64_t>(kTileRows, a.m - (t0 + r) * kTileRows);
+  }
+  const uint8_t* xt = x + t0 * kn * 2048;  // tile t0 + r, block j: xt + (r·kn + j)·2 KiB
+  LINLY_TILE_START(0, y[0], a.n, rows[0], cols, first, scratch[0]);
+  if constexpr (R > 1) LINLY_TILE_START(1, y[1], a.n, rows[1], cols, first, scratch[1]);
+  if constexpr (R > 2) LINLY_TILE_START(2, y[2], a.n, rows[2], cols, first, scratch[2]);
+  if constexpr (R > 3) LINLY_TILE_START(3, y[3], a.n, rows[3], cols, first, scratch[3]);
+  for (int64_t j = 0; j < kn; ++j) {  // the hot loop: three TDPBF16PS per activation tile and block
+    _tile_loadd(6, w + j * 2048, 64);
+    _tile_loadd(7, w + j * 2048 + 1024, 64);
+    LINLY_ROW_TILE(0, xt + j * 2048);
+    if constexpr (R > 1) LINLY_ROW_TILE(1, xt + (kn + j) * 2048);
+    if constexpr (R > 2) LINLY_ROW_TILE(2, xt + (2 * kn + j) * 2048);
+    if constexpr (R > 3) LINLY_ROW_TILE(3, xt + (3 * kn + j) * 2048);
+    unpack_step<F>(L, nx);
+  }
+  LINLY_TILE_FINISH(0, y[0], a.n, rows[0], cols, scratch[0]);
+  if constexpr (R > 1) LINLY_TILE_FINISH(1, y[1], a.n, rows[1], cols, scratch[1]);
+  if constexpr (R > 2) LINLY_TILE_FINISH(2, y[2], a.n, rows[2], cols, scratch[2]);
+  if constexpr (R > 3) LINLY_TILE_FINISH(3, y[3], a.n, rows[3], cols, scratch[3]);
+}
+
 template <Format F>
 void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
   thread_local AlignedBuffer wbuf, xbuf;
   const PanelLayout L = panel_layout(a.fmt, a.k);
   const int64_t nb = a.k / QK;
-  const int64_t tiles = (a.m + kTileRows - 1) / kTileRows, pairs = (tiles + 1) / 2;
+  const int64_t tiles = (a.m + kTileRows - 1) / kTileRows, groups = (tiles + kGroupTiles - 1) / kGroupTiles;
   const int64_t range = std::min<int64_t>(kMaxRangeBlocks, std::max<int64_t>(4, kActivationRangeBytes / (tiles * 2048)));
   if (wbuf.size() < 2 * range * 2048) wbuf = AlignedBuffer(2 * range * 2048);
-  alignas(64) float scratch[2][256];
   _tile_loadconfig(&kBf16TileConfig);
   for (int64_t a0 = 0; a0 < nb; a0 += range) {
     const int64_t a1 = std::min(nb, a0 + range), kn = a1 - a0;
     split_activations(a.x, a.m, a.k, tiles, a0, a1, xbuf);
-    const int64_t slices = kn * 8;  // per panel
-    // This panel's unpacking is spread over the previous panel's tile loop, `per_step`
-    // slices after each block's tile instructions: the vector units do it while the tile
-    // unit multiplies (done apart, it was 30 % of the kernel's time at M = 128).
-    const int64_t per_step = (slices + pairs * kn - 1) / (pairs * kn);
-    for (int64_t s = 0; s < slices; ++s) unpack_slice<F>(a.w + begin * L.panel_bytes, L, a0 + s / 8, (int)(s % 8), wbuf.data() + s / 8 * 2048);
+    for (int64_t b = 0; b < kn; ++b) unpack_block<F>(a.w + begin * L.panel_bytes, L, a0 + b, wbuf.data() + b * 2048);
     for (int64_t p = begin; p < end; ++p) {
       __asm__ volatile("" ::: "memory");  // tileloadd's asm names no memory operand
       const uint8_t* cur = wbuf.data() + ((p - begin) & 1) * range * 2048;
-      uint8_t* next = wbuf.data() + ((p - begin + 1) & 1) * range * 2048;
-      const uint8_t* next_panel = p + 1 < end ? a.w + (p + 1) * L.panel_bytes : nullptr;
-      int64_t s = 0;  // slices of the next panel done
+      NextPanel nx{p + 1 < end ? a.w + (p + 1) * L.panel_bytes : nullptr,
+                   wbuf.data() + ((p - begin + 1) & 1) * range * 2048, a0, kn, groups, 0, 0};
       const int cols = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
-      for (int64_t t = 0; t < tiles; t += 2) {
-        const bool pair = t + 1 < tiles;
-        const uint8_t* x0 = xbuf.data() + t * kn * 2048;
-        const uint8_t* x1 = x0 + kn * 2048;
-        float* y0 = a.y + t * kTileRows * a.n + p * kPanelRows;
-        float* y1 = y0 + kTileRows * a.n;
-        const int64_t rows0 = std::min<int64_t>(kTileRows, a.m - t * kTileRows);
-        const int64_t rows1 = pair ? std::min<int64_t>(kTileRows, a.m - (t + 1) * kTileRows) : 0;
-        LINLY_TILE_START(0, y0, a.n, rows0, cols, a0 == 0, scratch[0]);
-        if (pair) LINLY_TILE_START(1, y1, a.n, rows1, cols, a0 == 0, scratch[1]);
-        for (int64_t j = 0; j < kn; ++j) {  // the hot loop: three TDPBF16PS per tile and block
-          const uint8_t* w = cur + j * 2048;
-          _tile_loadd(2, w, 64);
-          _tile_loadd(3, w + 1024, 64);
-          _tile_loadd(4, x0 + j * 2048, 64);
-          _tile_loadd(5, x0 + j * 2048 + 1024, 64);
-          _tile_dpbf16ps(0, 4, 2);
-          _tile_dpbf16ps(0, 4, 3);
-          _tile_dpbf16ps(0, 5, 2);
-          if (pair) {
-            _tile_loadd(6, x1 + j * 2048, 64);
-            _tile_loadd(7, x1 + j * 2048 + 1024, 64);
-            _tile_dpbf16ps(1, 6, 2);
-            _tile_dpbf16ps(1, 6, 3);
-            _tile_dpbf16ps(1, 7, 2);
-          }
-          if (next_panel)
-            for (int64_t i = 0; i < per_step && s < slices; ++i, ++s)
-              unpack_slice<F>(next_panel, L, a0 + s / 8, (int)(s % 8), next + s / 8 * 2048);
+      for (int64_t t = 0; t < tiles; t += kGroupTiles) {
+        switch (std::min<int64_t>(kGroupTiles, tiles - t)) {
+          case 4: tile_group<F, 4>(a, L, cur, xbuf.data(), kn, t, p, cols, a0 == 0, nx); break;
+          case 3: tile_group<F, 3>(a, L, cur, xbuf.data(), kn, t, p, cols, a0 == 0, nx); break;
+          case 2: tile_group<F, 2>(a, L, cur, xbuf.data(), kn, t, p, cols, a0 == 0, nx); break;
+          default: tile_group<F, 1>(a, L, cur, xbuf.data(), kn, t, p, cols, a0 == 0, nx); break;
         }
-        LINLY_TILE_FINISH(0, y0, a.n, rows0, cols, scratch[0]);
-        if (pair) LINLY_TILE_FINISH(1, y1, a.n, rows1, cols, scratch[1]);
       }
     }
   }
