@@ -5,6 +5,7 @@
 
 #include "quant/panel.h"
 #include "quant/quantize.h"
+#include "runtime/aligned_buffer.h"
 #include "runtime/thread_pool.h"
 
 namespace linly {
@@ -102,6 +103,25 @@ const uint16_t* f16_input(const KernelTable& kt, const float* x, int64_t k) {
   return kt.round_act_f16(x, scratch.data(), k) ? scratch.data() : nullptr;
 }
 
+// x [m, k] laid out once for the table's matmul_f32 (KernelTable::prepare_prompt_input),
+// the rows split over the pool, in a per-thread scratch that only grows; null when the
+// table has no such step or no matrix here takes it.
+const uint8_t* prompt_input(const KernelTable& kt, bool wanted, const float* x, int64_t m, int64_t k) {
+  if (!wanted || !kt.prepare_prompt_input) return nullptr;
+  thread_local AlignedBuffer scratch;
+  const int64_t bytes = kt.prompt_input_bytes(m, k);
+  if (scratch.size() < bytes) scratch = AlignedBuffer(bytes);
+  uint8_t* out = scratch.data();
+  global_pool()->parallel_for(kt.prompt_input_tiles(m),
+                              [&](int64_t t0, int64_t t1) { kt.prepare_prompt_input(x, m, k, t0, t1, out); });
+  return out;
+}
+
+// Prompt-sized f32 matmuls run long enough for a shared VM's cores to drift apart in
+// speed, so their work goes out in this many pieces per thread (ThreadPool::
+// parallel_for_dynamic); decode-sized ones keep one fixed chunk per thread.
+constexpr int64_t kPiecesPerThread = 4;
+
 bool takes_f16_input(Format f, int64_t m, Activations act) { return act != Activations::F32 && takes_f16_input(f, m); }
 
 // Integer formats multiply quantised activation blocks unless F32 asks for the f32 prompt
@@ -123,8 +143,13 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) 
   const bool quantized = takes_quantized_input(fmt_, act);
   MatmulArgs a = quantized ? args(nullptr, quantized_input(*kt, x, m, k_), m, y, act) : args(x, nullptr, m, y, act);
   if (takes_f16_input(fmt_, m, act)) a.xh = f16_input(*kt, x, k_);
-  auto run = act == Activations::F32 ? kt->matmul_f32 : kt->matmul;
-  global_pool()->parallel_for(units(), [&](int64_t b, int64_t e) { run(a, b, e); });
+  if (act != Activations::F32) {
+    global_pool()->parallel_for(units(), [&](int64_t b, int64_t e) { kt->matmul(a, b, e); });
+    return;
+  }
+  a.xs = prompt_input(*kt, panels_ && format_info(fmt_).integer_path, x, m, k_);
+  global_pool()->parallel_for_dynamic(units(), kPiecesPerThread * global_pool()->size(),
+                                      [&](int64_t b, int64_t e) { kt->matmul_f32(a, b, e); });
 }
 
 MatmulArgs PackedMatrix::args(const float* x, const block_q8_act* xq, int64_t m, float* y, Activations act) const {
@@ -153,6 +178,10 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
   }
   const block_q8_act* xq = any_quantized ? quantized_input(kt, x, m, ws[0]->k()) : nullptr;
   const uint16_t* xh = any_f16 ? f16_input(kt, x, ws[0]->k()) : nullptr;
+  bool any_prompt_input = false;  // an integer matrix on panels in the f32 kernel
+  for (int i = 0; i < count; ++i)
+    any_prompt_input |= act == Activations::F32 && ws[i]->uses_panels() && format_info(ws[i]->format()).integer_path;
+  const uint8_t* xs = prompt_input(kt, any_prompt_input, x, m, ws[0]->k());
   struct Part {
     MatmulArgs args;
     void (*run)(const MatmulArgs&, int64_t, int64_t);
@@ -165,6 +194,7 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
     const bool quantized = takes_quantized_input(w.format(), act);  // as PackedMatrix::matmul
     parts[i].args = w.args(quantized ? nullptr : x, quantized ? xq : nullptr, m, ys[i], act);
     if (takes_f16_input(w.format(), m, act)) parts[i].args.xh = xh;
+    parts[i].args.xs = xs;
     parts[i].run = act == Activations::F32 ? kt.matmul_f32 : kt.matmul;
     parts[i].units = w.units();
     parts[i].first_byte = total;
@@ -173,18 +203,21 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
   }
   // Chunk c of nc covers bytes [c, c+1) · total/nc; unit u of part i belongs to the chunk
   // its first byte falls in, so the chunks tile every part exactly.
-  const int nc = global_pool()->size();
+  const bool dynamic = act == Activations::F32;
+  const int nc = global_pool()->size() * (dynamic ? (int)kPiecesPerThread : 1);
   const auto first_unit = [&](const Part& p, int c) {
     const double at = total * c / nc - p.first_byte;
     const int64_t u = at <= 0 ? 0 : (int64_t)std::ceil(at / p.unit_bytes);
     return u < p.units ? u : p.units;
   };
-  global_pool()->parallel_for(nc, [&](int64_t c0, int64_t c1) {
+  const auto chunks = [&](int64_t c0, int64_t c1) {
     for (int i = 0; i < count; ++i) {
       const int64_t b = first_unit(parts[i], (int)c0), e = first_unit(parts[i], (int)c1);
       if (b < e) parts[i].run(parts[i].args, b, e);
     }
-  });
+  };
+  if (dynamic) global_pool()->parallel_for_dynamic(nc, nc, chunks);
+  else global_pool()->parallel_for(nc, chunks);
 }
 
 }  // namespace linly

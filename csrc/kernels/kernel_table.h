@@ -22,6 +22,8 @@ struct MatmulArgs {
                                  // (dense f16 at decode: takes_f16_input, quantize.h)
   bool prompt = false;  // precise rows of a prompt: an ISA may take its many-row kernels
                         // (Activations::Int8x2Prompt; AVX-512 and AMX do, the others ignore it)
+  const uint8_t* xs = nullptr;  // matmul_f32: x as the table's prepare_prompt_input laid it
+                                // out for all of [m, k], when the caller ran that step
 };
 
 struct KernelTable {
@@ -55,6 +57,14 @@ struct KernelTable {
   // Whether matmul_f32 beats matmul on prompt-sized batches for dense formats.
   bool dense_prompts;
   void (*swiglu)(float* gate, const float* up, int64_t n);  // twin of swiglu_ref (elementwise_ref.h)
+  // Optional (null where matmul_f32 reads x as it is): a step that lays x [m, k] out once
+  // per call for matmul_f32 on panels of integer formats, instead of every thread doing
+  // it for itself. prompt_input_bytes(m, k) bytes; prepare_prompt_input writes the part
+  // of row tiles [t0, t1) of prompt_input_tiles(m), so callers can split it over threads,
+  // and passes the result as MatmulArgs::xs. k is a multiple of 32.
+  int64_t (*prompt_input_tiles)(int64_t m) = nullptr;
+  int64_t (*prompt_input_bytes)(int64_t m, int64_t k) = nullptr;
+  void (*prepare_prompt_input)(const float* x, int64_t m, int64_t k, int64_t t0, int64_t t1, uint8_t* out) = nullptr;
 };
 
 const KernelTable& kernels_scalar();

@@ -216,6 +216,22 @@ void LlamaModel::matmul_rows_shared(std::initializer_list<const PackedMatrix*> w
   if (n > n_prompt) rows_from(n_prompt, n - n_prompt, row_activations());
 }
 
+namespace {
+// f(t) for every row t < n: over the pool for a prompt's rows, in this thread for the few
+// rows of a decode step (waking the pool costs more than they take). Each row is computed
+// the same way either way, so results do not depend on the thread count.
+template <class F>
+void rows(int64_t n, F&& f) {
+  if (n < 16) {
+    for (int64_t t = 0; t < n; ++t) f(t);
+    return;
+  }
+  global_pool()->parallel_for(n, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) f(t);
+  });
+}
+}  // namespace
+
 void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits,
                                  float* logits) {
   int64_t n = 0, n_prompt = 0;  // rows in all; of them, leading prompt rows (segment_is_prompt)
@@ -240,9 +256,9 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& L = w_.layers[l];
     // --- attention block ---
-    for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.attn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
+    rows(n, [&](int64_t t) { rms_norm(x_.data() + t * dim, L.attn_norm, h_.data() + t * dim, dim, cfg_.norm_eps); });
     matmul_rows_shared({L.wq, L.wk, L.wv}, {q_.data(), k_.data(), v_.data()}, h_.data(), n, n_prompt);
-    for (int64_t t = 0; t < n; ++t) {
+    rows(n, [&](int64_t t) {
       float* q = q_.data() + t * q_dim_;
       float* k = k_.data() + t * kv_dim_;
       float* v = v_.data() + t * kv_dim_;
@@ -265,16 +281,16 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
           v_f16_[off + i] = fp32_to_fp16(v[i]);
         }
       }
-    }
+    });
     attention(l, n);
     matmul_rows(*L.wo, att_.data(), n, n_prompt, o_.data());
-    for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
+    rows(n, [&](int64_t t) { for (int64_t i = t * dim; i < (t + 1) * dim; ++i) x_[i] += o_[i]; });
     // --- SwiGLU MLP block ---
-    for (int64_t t = 0; t < n; ++t) rms_norm(x_.data() + t * dim, L.ffn_norm, h_.data() + t * dim, dim, cfg_.norm_eps);
+    rows(n, [&](int64_t t) { rms_norm(x_.data() + t * dim, L.ffn_norm, h_.data() + t * dim, dim, cfg_.norm_eps); });
     matmul_rows_shared({L.w_gate, L.w_up}, {gate_.data(), up_.data()}, h_.data(), n, n_prompt);
-    kt_->swiglu(gate_.data(), up_.data(), n * ffn);
+    rows(n, [&](int64_t t) { kt_->swiglu(gate_.data() + t * ffn, up_.data() + t * ffn, ffn); });
     matmul_rows(*L.w_down, gate_.data(), n, n_prompt, o_.data());
-    for (int64_t i = 0; i < n * dim; ++i) x_[i] += o_[i];
+    rows(n, [&](int64_t t) { for (int64_t i = t * dim; i < (t + 1) * dim; ++i) x_[i] += o_[i]; });
   }
   for (int64_t s = 0; s < n_segs; ++s) pos_[segs[s].slot] += segs[s].n;
 

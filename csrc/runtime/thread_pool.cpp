@@ -35,20 +35,31 @@ ThreadPool::~ThreadPool() {
   for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::run(int64_t n, Fn fn, void* ctx) {
+void ThreadPool::run(int64_t n, int64_t pieces, Fn fn, void* ctx) {
   if (n <= 0) return;
   const int chunks = (int)(n < n_threads_ ? n : n_threads_);
   if (chunks == 1) { fn(ctx, 0, n); return; }
   std::lock_guard<std::mutex> job(run_mu_);
   fn_ = fn; ctx_ = ctx; n_ = n; n_chunks_ = chunks;
+  n_pieces_ = pieces > n ? n : pieces;
+  next_piece_.store(0, std::memory_order_relaxed);
   pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_seq_cst);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> lk(mu_);
     cv_.notify_all();
   }
-  fn(ctx, 0, n / chunks);
+  if (n_pieces_ > 0) take_pieces();
+  else fn(ctx, 0, n / chunks);
   while (pending_.load(std::memory_order_acquire) != 0) LINLY_PAUSE();
+}
+
+void ThreadPool::take_pieces() {
+  for (;;) {
+    const int64_t i = next_piece_.fetch_add(1, std::memory_order_relaxed);
+    if (i >= n_pieces_) return;
+    fn_(ctx_, n_ * i / n_pieces_, n_ * (i + 1) / n_pieces_);
+  }
 }
 
 void ThreadPool::worker(int id) {
@@ -68,7 +79,9 @@ void ThreadPool::worker(int id) {
     }
     seen = generation_.load(std::memory_order_acquire);
     if (stop_.load()) return;
-    if (id < n_chunks_) {
+    if (n_pieces_ > 0) {
+      take_pieces();
+    } else if (id < n_chunks_) {
       const int64_t b = n_ * id / n_chunks_, e = n_ * (id + 1) / n_chunks_;
       fn_(ctx_, b, e);
     }

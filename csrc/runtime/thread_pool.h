@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace linly {
@@ -27,12 +28,26 @@ class ThreadPool {
   // the other (f must not itself call parallel_for).
   template <class F>
   void parallel_for(int64_t n, F&& f) {
-    run(n, [](void* ctx, int64_t b, int64_t e) { (*static_cast<F*>(ctx))(b, e); }, &f);
+    run(n, 0, trampoline<F>, context(f));
+  }
+
+  // As parallel_for, but [0, n) cut into `pieces` contiguous pieces (as many as n at
+  // most) that the threads take one at a time as they come free. For long jobs (a
+  // prompt's matmul) on cores whose speed drifts apart from moment to moment, as a shared
+  // VM's do: a fixed split waits for the slowest core's whole share.
+  template <class F>
+  void parallel_for_dynamic(int64_t n, int64_t pieces, F&& f) {
+    run(n, pieces < 1 ? 1 : pieces, trampoline<F>, context(f));
   }
 
  private:
   using Fn = void (*)(void*, int64_t, int64_t);
-  void run(int64_t n, Fn fn, void* ctx);
+  template <class F>
+  static void trampoline(void* ctx, int64_t b, int64_t e) { (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e); }
+  template <class F>
+  static void* context(F& f) { return const_cast<void*>(static_cast<const void*>(&f)); }
+  void run(int64_t n, int64_t pieces, Fn fn, void* ctx);  // pieces 0: one fixed chunk per thread
+  void take_pieces();  // the dynamic job's loop, on every thread
   void worker(int id);
 
   const int n_threads_;
@@ -42,6 +57,8 @@ class ThreadPool {
   void* ctx_ = nullptr;
   int64_t n_ = 0;
   int n_chunks_ = 0;
+  int64_t n_pieces_ = 0;              // > 0: a dynamic job of this many pieces
+  std::atomic<int64_t> next_piece_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<int> sleepers_{0};

@@ -312,18 +312,17 @@ inline void unpack_block(const uint8_t* panel, const PanelLayout& L, int64_t b, 
   }
 }
 
-// Columns [32·b0, 32·b1) of x [m, k] as [tiles][b1 - b0][2 (xh, xl)][16 rows][32] bf16;
-// rows past m are zero.
-void split_activations(const float* x, int64_t m, int64_t k, int64_t tiles, int64_t b0, int64_t b1,
-                       AlignedBuffer& out) {
+// Columns [32·b0, 32·b1) of the rows of activation tiles [t0, t1) of x [m, k], as
+// [t1 - t0][b1 - b0][2 (xh, xl)][16 rows][32] bf16 at `out`; rows past m are zero.
+void split_activations(const float* x, int64_t m, int64_t k, int64_t t0, int64_t t1, int64_t b0, int64_t b1,
+                       uint8_t* out) {
   const int64_t nb = b1 - b0;
-  if (out.size() < tiles * nb * 2048) out = AlignedBuffer(tiles * nb * 2048);
-  for (int64_t t = 0; t < tiles; ++t)
+  for (int64_t t = t0; t < t1; ++t)
     for (int r = 0; r < kTileRows; ++r) {
       const int64_t row = t * kTileRows + r;
       for (int64_t j = 0; j < nb; ++j) {
         const int64_t b = b0 + j;
-        uint8_t* dst = out.data() + ((t * nb + j) * 2 * kTileRows + r) * 64;
+        uint8_t* dst = out + (((t - t0) * nb + j) * 2 * kTileRows + r) * 64;
         if (row >= m) {
           _mm512_store_si512(dst, _mm512_setzero_si512());
           _mm512_store_si512(dst + kTileRows * 64, _mm512_setzero_si512());
@@ -339,6 +338,14 @@ void split_activations(const float* x, int64_t m, int64_t k, int64_t tiles, int6
                            (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0)));
       }
     }
+}
+
+// The table's prompt-input step (KernelTable::prepare_prompt_input): all of K, so that
+// MatmulArgs::xs holds tile t's block b at (t·nb + b)·2 KiB.
+int64_t prompt_input_tiles_amx(int64_t m) { return (m + kTileRows - 1) / kTileRows; }
+int64_t prompt_input_bytes_amx(int64_t m, int64_t k) { return prompt_input_tiles_amx(m) * (k / QK) * 2048; }
+void prepare_prompt_input_amx(const float* x, int64_t m, int64_t k, int64_t t0, int64_t t1, uint8_t* out) {
+  split_activations(x, m, k, t0, t1, 0, k / QK, out + t0 * (k / QK) * 2048);
 }
 
 // 16 x 16 sums from `sums` (a tile stored with stride 64) into the y rows and columns
@@ -422,8 +429,8 @@ inline void unpack_step(const PanelLayout& L, NextPanel& nx) {
 // the panel's wh, wl of each block are loaded once for all R tiles, which share them.
 // w: the panel's unpacked blocks of the range; x: the range's split activations.
 template <Format F, int R>
-void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, const uint8_t* x, int64_t kn,
-                int64_t t0, int64_t p, int cols, bool first, NextPanel& nx) {
+void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, const uint8_t* x, int64_t x_stride,
+                int64_t kn, int64_t t0, int64_t p, int cols, bool first, NextPanel& nx) {
   alignas(64) float scratch[R][256];
   float* y[R];
   int64_t rows[R];
@@ -431,7 +438,7 @@ void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, con
     y[r] = a.y + (t0 + r) * kTileRows * a.n + p * kPanelRows;
     rows[r] = std::min<int64_t>(kTileRows, a.m - (t0 + r) * kTileRows);
   }
-  const uint8_t* xt = x + t0 * kn * 2048;  // tile t0 + r, block j: xt + (r·kn + j)·2 KiB
+  const uint8_t* xt = x + t0 * x_stride;  // tile t0 + r, block j: xt + r·x_stride + j·2 KiB
   LINLY_TILE_START(0, y[0], a.n, rows[0], cols, first, scratch[0]);
   if constexpr (R > 1) LINLY_TILE_START(1, y[1], a.n, rows[1], cols, first, scratch[1]);
   if constexpr (R > 2) LINLY_TILE_START(2, y[2], a.n, rows[2], cols, first, scratch[2]);
@@ -440,9 +447,9 @@ void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, con
     _tile_loadd(6, w + j * 2048, 64);
     _tile_loadd(7, w + j * 2048 + 1024, 64);
     LINLY_ROW_TILE(0, xt + j * 2048);
-    if constexpr (R > 1) LINLY_ROW_TILE(1, xt + (kn + j) * 2048);
-    if constexpr (R > 2) LINLY_ROW_TILE(2, xt + (2 * kn + j) * 2048);
-    if constexpr (R > 3) LINLY_ROW_TILE(3, xt + (3 * kn + j) * 2048);
+    if constexpr (R > 1) LINLY_ROW_TILE(1, xt + x_stride + j * 2048);
+    if constexpr (R > 2) LINLY_ROW_TILE(2, xt + 2 * x_stride + j * 2048);
+    if constexpr (R > 3) LINLY_ROW_TILE(3, xt + 3 * x_stride + j * 2048);
     unpack_step<F>(L, nx);
   }
   LINLY_TILE_FINISH(0, y[0], a.n, rows[0], cols, scratch[0]);
@@ -462,7 +469,15 @@ void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
   _tile_loadconfig(&kBf16TileConfig);
   for (int64_t a0 = 0; a0 < nb; a0 += range) {
     const int64_t a1 = std::min(nb, a0 + range), kn = a1 - a0;
-    split_activations(a.x, a.m, a.k, tiles, a0, a1, xbuf);
+    // The range's activations: from the table's prompt-input step when the caller ran it
+    // (x_stride bytes from one tile's blocks to the next's), else split here.
+    const uint8_t* x = a.xs ? a.xs + a0 * 2048 : nullptr;
+    int64_t x_stride = nb * 2048;
+    if (!x) {
+      if (xbuf.size() < tiles * kn * 2048) xbuf = AlignedBuffer(tiles * kn * 2048);
+      split_activations(a.x, a.m, a.k, 0, tiles, a0, a1, xbuf.data());
+      x = xbuf.data(), x_stride = kn * 2048;
+    }
     for (int64_t b = 0; b < kn; ++b) unpack_block<F>(a.w + begin * L.panel_bytes, L, a0 + b, wbuf.data() + b * 2048);
     for (int64_t p = begin; p < end; ++p) {
       __asm__ volatile("" ::: "memory");  // tileloadd's asm names no memory operand
@@ -472,10 +487,10 @@ void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
       const int cols = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
       for (int64_t t = 0; t < tiles; t += kGroupTiles) {
         switch (std::min<int64_t>(kGroupTiles, tiles - t)) {
-          case 4: tile_group<F, 4>(a, L, cur, xbuf.data(), kn, t, p, cols, a0 == 0, nx); break;
-          case 3: tile_group<F, 3>(a, L, cur, xbuf.data(), kn, t, p, cols, a0 == 0, nx); break;
-          case 2: tile_group<F, 2>(a, L, cur, xbuf.data(), kn, t, p, cols, a0 == 0, nx); break;
-          default: tile_group<F, 1>(a, L, cur, xbuf.data(), kn, t, p, cols, a0 == 0, nx); break;
+          case 4: tile_group<F, 4>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
+          case 3: tile_group<F, 3>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
+          case 2: tile_group<F, 2>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
+          default: tile_group<F, 1>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
         }
       }
     }
@@ -506,6 +521,9 @@ const KernelTable& kernels_amx() {
     k.matmul = matmul_amx;
     k.matmul_f32 = matmul_f32_amx;
     k.f32_prompts = true;  // the bf16x3 tiles beat the int8x2 tiles (test_bench_prompt.py)
+    k.prompt_input_tiles = prompt_input_tiles_amx;
+    k.prompt_input_bytes = prompt_input_bytes_amx;
+    k.prepare_prompt_input = prepare_prompt_input_amx;
     return k;
   }();
   return t;
