@@ -61,7 +61,8 @@ struct KernelTable {
   // per call for matmul_f32 on panels of integer formats, instead of every thread doing
   // it for itself. prompt_input_bytes(m, k) bytes; prepare_prompt_input writes the part
   // of row tiles [t0, t1) of prompt_input_tiles(m), so callers can split it over threads,
-  // and passes the result as MatmulArgs::xs. k is a multiple of 32.
+  // and pass the result as MatmulArgs::xs (where this step exists, matmul_f32 on panels
+  // of integer formats takes its fast path only with it). k is a multiple of 32.
   int64_t (*prompt_input_tiles)(int64_t m) = nullptr;
   int64_t (*prompt_input_bytes)(int64_t m, int64_t k) = nullptr;
   void (*prepare_prompt_input)(const float* x, int64_t m, int64_t k, int64_t t0, int64_t t1, uint8_t* out) = nullptr;

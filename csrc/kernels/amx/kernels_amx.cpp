@@ -312,17 +312,15 @@ inline void unpack_block(const uint8_t* panel, const PanelLayout& L, int64_t b, 
   }
 }
 
-// Columns [32·b0, 32·b1) of the rows of activation tiles [t0, t1) of x [m, k], as
-// [t1 - t0][b1 - b0][2 (xh, xl)][16 rows][32] bf16 at `out`; rows past m are zero.
-void split_activations(const float* x, int64_t m, int64_t k, int64_t t0, int64_t t1, int64_t b0, int64_t b1,
-                       uint8_t* out) {
-  const int64_t nb = b1 - b0;
+// The rows of activation tiles [t0, t1) of x [m, k] as [t1 - t0][k/32][2 (xh, xl)][16
+// rows][32] bf16 at `out`; rows past m are zero.
+void split_activations(const float* x, int64_t m, int64_t k, int64_t t0, int64_t t1, uint8_t* out) {
+  const int64_t nb = k / QK;
   for (int64_t t = t0; t < t1; ++t)
     for (int r = 0; r < kTileRows; ++r) {
       const int64_t row = t * kTileRows + r;
-      for (int64_t j = 0; j < nb; ++j) {
-        const int64_t b = b0 + j;
-        uint8_t* dst = out + (((t - t0) * nb + j) * 2 * kTileRows + r) * 64;
+      for (int64_t b = 0; b < nb; ++b) {
+        uint8_t* dst = out + (((t - t0) * nb + b) * 2 * kTileRows + r) * 64;
         if (row >= m) {
           _mm512_store_si512(dst, _mm512_setzero_si512());
           _mm512_store_si512(dst + kTileRows * 64, _mm512_setzero_si512());
@@ -345,7 +343,7 @@ void split_activations(const float* x, int64_t m, int64_t k, int64_t t0, int64_t
 int64_t prompt_input_tiles_amx(int64_t m) { return (m + kTileRows - 1) / kTileRows; }
 int64_t prompt_input_bytes_amx(int64_t m, int64_t k) { return prompt_input_tiles_amx(m) * (k / QK) * 2048; }
 void prepare_prompt_input_amx(const float* x, int64_t m, int64_t k, int64_t t0, int64_t t1, uint8_t* out) {
-  split_activations(x, m, k, t0, t1, 0, k / QK, out + t0 * (k / QK) * 2048);
+  split_activations(x, m, k, t0, t1, out + t0 * (k / QK) * 2048);
 }
 
 // 16 x 16 sums from `sums` (a tile stored with stride 64) into the y rows and columns
@@ -460,7 +458,7 @@ void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, con
 
 template <Format F>
 void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
-  thread_local AlignedBuffer wbuf, xbuf;
+  thread_local AlignedBuffer wbuf;
   const PanelLayout L = panel_layout(a.fmt, a.k);
   const int64_t nb = a.k / QK;
   const int64_t tiles = (a.m + kTileRows - 1) / kTileRows, groups = (tiles + kGroupTiles - 1) / kGroupTiles;
@@ -469,15 +467,9 @@ void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
   _tile_loadconfig(&kBf16TileConfig);
   for (int64_t a0 = 0; a0 < nb; a0 += range) {
     const int64_t a1 = std::min(nb, a0 + range), kn = a1 - a0;
-    // The range's activations: from the table's prompt-input step when the caller ran it
-    // (x_stride bytes from one tile's blocks to the next's), else split here.
-    const uint8_t* x = a.xs ? a.xs + a0 * 2048 : nullptr;
-    int64_t x_stride = nb * 2048;
-    if (!x) {
-      if (xbuf.size() < tiles * kn * 2048) xbuf = AlignedBuffer(tiles * kn * 2048);
-      split_activations(a.x, a.m, a.k, 0, tiles, a0, a1, xbuf.data());
-      x = xbuf.data(), x_stride = kn * 2048;
-    }
+    // The range's activations, from the table's prompt-input step (its callers run it).
+    const uint8_t* x = a.xs + a0 * 2048;
+    const int64_t x_stride = nb * 2048;  // from one tile's blocks to the next tile's
     for (int64_t b = 0; b < kn; ++b) unpack_block<F>(a.w + begin * L.panel_bytes, L, a0 + b, wbuf.data() + b * 2048);
     for (int64_t p = begin; p < end; ++p) {
       __asm__ volatile("" ::: "memory");  // tileloadd's asm names no memory operand
@@ -498,8 +490,10 @@ void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
   _tile_release();
 }
 
+// Panels of integer formats read args.xs (prepare_prompt_input), which PackedMatrix
+// always sets for them on this table.
 void matmul_f32_amx(const MatmulArgs& a, int64_t begin, int64_t end) {
-  if (!a.panels) { gemm_tiles_avx512(a, begin, end); return; }
+  if (!a.panels || !a.xs) { gemm_tiles_avx512(a, begin, end); return; }
   switch (a.fmt) {
     case Format::Q4_0: f32_prompt_tiles<Format::Q4_0>(a, begin, end); return;
     case Format::Q4_1: f32_prompt_tiles<Format::Q4_1>(a, begin, end); return;
