@@ -118,9 +118,11 @@ const uint8_t* prompt_input(const KernelTable& kt, bool wanted, const float* x, 
 }
 
 // Prompt-sized f32 matmuls run long enough for a shared VM's cores to drift apart in
-// speed, so their work goes out in this many pieces per thread (ThreadPool::
-// parallel_for_dynamic); decode-sized ones keep one fixed chunk per thread.
-constexpr int64_t kPiecesPerThread = 4;
+// speed, so their work goes to whichever thread is free (ThreadPool::
+// parallel_for_dynamic, down to single panels at the end); decode-sized ones keep one
+// fixed chunk per thread. A matmul over several matrices (matmul_shared_input) is cut
+// into this many byte ranges per thread for it.
+constexpr int64_t kSharedPiecesPerThread = 64;
 
 bool takes_f16_input(Format f, int64_t m, Activations act) { return act != Activations::F32 && takes_f16_input(f, m); }
 
@@ -148,8 +150,7 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) 
     return;
   }
   a.xs = prompt_input(*kt, panels_ && format_info(fmt_).integer_path, x, m, k_);
-  global_pool()->parallel_for_dynamic(units(), kPiecesPerThread * global_pool()->size(),
-                                      [&](int64_t b, int64_t e) { kt->matmul_f32(a, b, e); });
+  global_pool()->parallel_for_dynamic(units(), 1, [&](int64_t b, int64_t e) { kt->matmul_f32(a, b, e); });
 }
 
 MatmulArgs PackedMatrix::args(const float* x, const block_q8_act* xq, int64_t m, float* y, Activations act) const {
@@ -204,7 +205,7 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
   // Chunk c of nc covers bytes [c, c+1) · total/nc; unit u of part i belongs to the chunk
   // its first byte falls in, so the chunks tile every part exactly.
   const bool dynamic = act == Activations::F32;
-  const int nc = global_pool()->size() * (dynamic ? (int)kPiecesPerThread : 1);
+  const int nc = global_pool()->size() * (dynamic ? (int)kSharedPiecesPerThread : 1);
   const auto first_unit = [&](const Part& p, int c) {
     const double at = total * c / nc - p.first_byte;
     const int64_t u = at <= 0 ? 0 : (int64_t)std::ceil(at / p.unit_bytes);
@@ -216,7 +217,7 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
       if (b < e) parts[i].run(parts[i].args, b, e);
     }
   };
-  if (dynamic) global_pool()->parallel_for_dynamic(nc, nc, chunks);
+  if (dynamic) global_pool()->parallel_for_dynamic(nc, 1, chunks);
   else global_pool()->parallel_for(nc, chunks);
 }
 

@@ -1,5 +1,6 @@
 #include "runtime/thread_pool.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <memory>
@@ -35,30 +36,33 @@ ThreadPool::~ThreadPool() {
   for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::run(int64_t n, int64_t pieces, Fn fn, void* ctx) {
+void ThreadPool::run(int64_t n, int64_t min_piece, Fn fn, void* ctx) {
   if (n <= 0) return;
   const int chunks = (int)(n < n_threads_ ? n : n_threads_);
   if (chunks == 1) { fn(ctx, 0, n); return; }
   std::lock_guard<std::mutex> job(run_mu_);
   fn_ = fn; ctx_ = ctx; n_ = n; n_chunks_ = chunks;
-  n_pieces_ = pieces > n ? n : pieces;
-  next_piece_.store(0, std::memory_order_relaxed);
+  min_piece_ = min_piece;
+  next_.store(0, std::memory_order_relaxed);
   pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_seq_cst);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> lk(mu_);
     cv_.notify_all();
   }
-  if (n_pieces_ > 0) take_pieces();
+  if (min_piece_ > 0) take_pieces();
   else fn(ctx, 0, n / chunks);
   while (pending_.load(std::memory_order_acquire) != 0) LINLY_PAUSE();
 }
 
 void ThreadPool::take_pieces() {
   for (;;) {
-    const int64_t i = next_piece_.fetch_add(1, std::memory_order_relaxed);
-    if (i >= n_pieces_) return;
-    fn_(ctx_, n_ * i / n_pieces_, n_ * (i + 1) / n_pieces_);
+    int64_t b = next_.load(std::memory_order_relaxed), take;
+    do {
+      if (b >= n_) return;
+      take = std::min(n_ - b, std::max(min_piece_, (n_ - b) / (2 * n_threads_)));
+    } while (!next_.compare_exchange_weak(b, b + take, std::memory_order_relaxed));
+    fn_(ctx_, b, b + take);
   }
 }
 
@@ -79,7 +83,7 @@ void ThreadPool::worker(int id) {
     }
     seen = generation_.load(std::memory_order_acquire);
     if (stop_.load()) return;
-    if (n_pieces_ > 0) {
+    if (min_piece_ > 0) {
       take_pieces();
     } else if (id < n_chunks_) {
       const int64_t b = n_ * id / n_chunks_, e = n_ * (id + 1) / n_chunks_;

@@ -31,13 +31,14 @@ class ThreadPool {
     run(n, 0, trampoline<F>, context(f));
   }
 
-  // As parallel_for, but [0, n) cut into `pieces` contiguous pieces (as many as n at
-  // most) that the threads take one at a time as they come free. For long jobs (a
-  // prompt's matmul) on cores whose speed drifts apart from moment to moment, as a shared
-  // VM's do: a fixed split waits for the slowest core's whole share.
+  // As parallel_for, but the threads take contiguous pieces of [0, n) as they come free,
+  // each piece half of what remains divided among the threads (at least min_piece): big
+  // pieces first, small ones at the end, so that nobody waits long for the last one. For
+  // long jobs (a prompt's matmul) on cores whose speed drifts apart from moment to
+  // moment, as a shared VM's do: a fixed split waits for the slowest core's whole share.
   template <class F>
-  void parallel_for_dynamic(int64_t n, int64_t pieces, F&& f) {
-    run(n, pieces < 1 ? 1 : pieces, trampoline<F>, context(f));
+  void parallel_for_dynamic(int64_t n, int64_t min_piece, F&& f) {
+    run(n, min_piece < 1 ? 1 : min_piece, trampoline<F>, context(f));
   }
 
  private:
@@ -46,7 +47,7 @@ class ThreadPool {
   static void trampoline(void* ctx, int64_t b, int64_t e) { (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e); }
   template <class F>
   static void* context(F& f) { return const_cast<void*>(static_cast<const void*>(&f)); }
-  void run(int64_t n, int64_t pieces, Fn fn, void* ctx);  // pieces 0: one fixed chunk per thread
+  void run(int64_t n, int64_t min_piece, Fn fn, void* ctx);  // min_piece 0: one fixed chunk per thread
   void take_pieces();  // the dynamic job's loop, on every thread
   void worker(int id);
 
@@ -57,8 +58,8 @@ class ThreadPool {
   void* ctx_ = nullptr;
   int64_t n_ = 0;
   int n_chunks_ = 0;
-  int64_t n_pieces_ = 0;              // > 0: a dynamic job of this many pieces
-  std::atomic<int64_t> next_piece_{0};
+  int64_t min_piece_ = 0;  // > 0: a dynamic job (parallel_for_dynamic)
+  std::atomic<int64_t> next_{0};  // a dynamic job's first item not yet taken
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<int> sleepers_{0};

@@ -317,9 +317,9 @@ inline void unpack_block(const uint8_t* panel, const PanelLayout& L, int64_t b, 
 void split_activations(const float* x, int64_t m, int64_t k, int64_t t0, int64_t t1, uint8_t* out) {
   const int64_t nb = k / QK;
   for (int64_t t = t0; t < t1; ++t)
-    for (int r = 0; r < kTileRows; ++r) {
-      const int64_t row = t * kTileRows + r;
-      for (int64_t b = 0; b < nb; ++b) {
+    for (int64_t b = 0; b < nb; ++b)  // block by block: the stores fill 2 KiB in order
+      for (int r = 0; r < kTileRows; ++r) {
+        const int64_t row = t * kTileRows + r;
         uint8_t* dst = out + (((t - t0) * nb + b) * 2 * kTileRows + r) * 64;
         if (row >= m) {
           _mm512_store_si512(dst, _mm512_setzero_si512());
@@ -335,7 +335,6 @@ void split_activations(const float* x, int64_t m, int64_t k, int64_t t0, int64_t
         _mm512_store_si512(dst + kTileRows * 64,
                            (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0)));
       }
-    }
 }
 
 // The table's prompt-input step (KernelTable::prepare_prompt_input): all of K, so that
