@@ -117,6 +117,50 @@ def test_amx_f32_prompt_rows_are_near_f32_and_batch_invariant(fmt, threads):
             np.testing.assert_array_equal(mat.matmul(x[rows], activations="f32"), y[rows], err_msg=f"{fmt} {rows}")
 
 
+@pytest.mark.skipif("amx" not in ISAS, reason="this CPU (or OS) gives no AMX tile unit to this process")
+@pytest.mark.parametrize("fmt", ["q4_0", "q4_1", "q8_0", "q4_g128"])
+def test_amx_bf16_prompt_rows_round_only_x_and_are_batch_invariant(fmt, threads):
+    """The fast mode's AMX prompt kernel ('bf16-prompt') rounds x to bf16 and keeps the
+    weights split in two bf16 parts (two tile products). Rounding x alone to bf16 costs
+    at most 2^-9 of each |x| (about 1.7e-3 RMS of the product here); the test bounds it by
+    4e-3 and asks for less than the int8 activations it replaces (about 7e-3), and more
+    than the three-product kernel's (so the dropped product really is dropped). Rows are
+    bit for bit the same alone, in a partial tile and at 1 and 3 threads."""
+    rng = np.random.default_rng(6)
+    n, k = 37, 4224
+    data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
+    x = (rng.standard_normal((47, k)) * rng.uniform(0.1, 10, (47, 1))).astype(np.float32)
+    x[:, 7] *= 40
+    exact = x.astype(np.float64) @ le.dequantize(data, fmt, k).astype(np.float64).T
+    mat = le.PackedMatrix(data, fmt, k, isa="amx")
+    le.set_num_threads(1)
+    y = mat.matmul(x, activations="bf16-prompt")
+
+    def rms_rel(v):
+        return float(np.sqrt(np.mean((v - exact) ** 2) / np.mean(exact ** 2)))
+
+    assert rms_rel(y) < 4e-3, (fmt, rms_rel(y))
+    assert rms_rel(y) < rms_rel(mat.matmul(x, activations="int8")), fmt
+    assert rms_rel(y) > 10 * rms_rel(mat.matmul(x, activations="f32")), fmt
+    for nthreads in (1, 3):
+        le.set_num_threads(nthreads)
+        for rows in (slice(0, 1), slice(0, 17), slice(46, 47), slice(0, 47)):
+            np.testing.assert_array_equal(mat.matmul(x[rows], activations="bf16-prompt"), y[rows],
+                                          err_msg=f"{fmt} {rows}")
+
+
+@pytest.mark.parametrize("isa", [isa for isa in ISAS if isa != "amx"])
+def test_bf16_prompt_is_f32_where_nothing_rounds_x(isa, rng):
+    """'bf16-prompt' only lets a kernel round x to bf16; the ISAs without such a kernel
+    compute exactly their 'f32' product."""
+    for fmt in ("q4_0", "q8_0", "f16"):
+        n, k = 21, 320
+        data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
+        x = rng.standard_normal((19, k)).astype(np.float32)
+        mat = le.PackedMatrix(data, fmt, k, isa=isa)
+        np.testing.assert_array_equal(mat.matmul(x, activations="bf16-prompt"), mat.matmul(x, activations="f32"))
+
+
 @functools.lru_cache(maxsize=None)
 def f32_refs(fmt: str, n: int, k: int):
     data, xs, _ = gaussian_case(fmt, n, k)
@@ -152,7 +196,7 @@ def test_f32_activations_mean_the_dequantised_product(rng):
         exact = x.astype(np.float64) @ le.dequantize(data, fmt, k).astype(np.float64).T
         y = le.PackedMatrix(data, fmt, k).matmul(x, activations="f32")
         np.testing.assert_allclose(y, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max(), err_msg=fmt)
-    with pytest.raises(ValueError, match="unknown activations 'int4'.*'int8', 'int8x2', 'int8x2-prompt' or 'f32'"):
+    with pytest.raises(ValueError, match="unknown activations 'int4'.*'int8', 'int8x2', 'int8x2-prompt', 'f32' or 'bf16-prompt'"):
         le.PackedMatrix(data, fmt, k).matmul(x, activations="int4")
 
 

@@ -45,7 +45,9 @@ Activations parse_activations(const py::object& activations, bool precise) {
   if (name == "int8x2") return Activations::Int8x2;
   if (name == "int8x2-prompt") return Activations::Int8x2Prompt;
   if (name == "f32") return Activations::F32;
-  throw py::value_error("unknown activations '" + name + "': choose 'int8', 'int8x2', 'int8x2-prompt' or 'f32'");
+  if (name == "bf16-prompt") return Activations::Bf16Prompt;
+  throw py::value_error("unknown activations '" + name +
+                        "': choose 'int8', 'int8x2', 'int8x2-prompt', 'f32' or 'bf16-prompt'");
 }
 
 py::list matmul_shared_input_np(const std::vector<const PyPackedMatrix*>& mats, const py::array& x,
@@ -113,7 +115,8 @@ void bind_packed_matrix(py::module_& m) {
            "also multiply the activations' int8 residual (~254x smaller activation error, ~2x integer work). "
            "activations: 'int8' | 'int8x2' | 'int8x2-prompt' | 'f32' (overrides precise; 'int8x2-prompt' is "
            "int8x2 through the kernels the decoder gives prompt rows, equal to int8x2 up to rounding; 'f32' "
-           "multiplies x unquantised against the weights dequantised tile by tile, the AVX2 prompt path).")
+           "multiplies x unquantised against the weights dequantised tile by tile, the AVX2 prompt path; "
+           "'bf16-prompt' is 'f32' where the AMX prompt tiles may round x to bf16, the fast mode's prompts).")
       .def_property_readonly("n", [](const PyPackedMatrix& p) { return p.mat->n(); })
       .def_property_readonly("k", [](const PyPackedMatrix& p) { return p.mat->k(); })
       .def_property_readonly("fmt", [](const PyPackedMatrix& p) { return std::string(format_info(p.mat->format()).name); })

@@ -124,12 +124,14 @@ const uint8_t* prompt_input(const KernelTable& kt, bool wanted, const float* x, 
 // into this many byte ranges per thread for it.
 constexpr int64_t kSharedPiecesPerThread = 64;
 
-bool takes_f16_input(Format f, int64_t m, Activations act) { return act != Activations::F32 && takes_f16_input(f, m); }
+bool f32_kernel(Activations act) { return act == Activations::F32 || act == Activations::Bf16Prompt; }
+
+bool takes_f16_input(Format f, int64_t m, Activations act) { return !f32_kernel(act) && takes_f16_input(f, m); }
 
 // Integer formats multiply quantised activation blocks unless F32 asks for the f32 prompt
 // kernel; dense formats multiply x in f32 (or f16: f16_input above) either way.
 bool takes_quantized_input(Format f, Activations act) {
-  return format_info(f).integer_path && act != Activations::F32;
+  return format_info(f).integer_path && !f32_kernel(act);
 }
 }  // namespace
 
@@ -145,7 +147,7 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) 
   const bool quantized = takes_quantized_input(fmt_, act);
   MatmulArgs a = quantized ? args(nullptr, quantized_input(*kt, x, m, k_), m, y, act) : args(x, nullptr, m, y, act);
   if (takes_f16_input(fmt_, m, act)) a.xh = f16_input(*kt, x, k_);
-  if (act != Activations::F32) {
+  if (!f32_kernel(act)) {
     global_pool()->parallel_for(units(), [&](int64_t b, int64_t e) { kt->matmul(a, b, e); });
     return;
   }
@@ -157,6 +159,7 @@ MatmulArgs PackedMatrix::args(const float* x, const block_q8_act* xq, int64_t m,
   MatmulArgs a{fmt_, panels_ ? panels_ : plain_, panels_ != nullptr, n_, k_, m, x, xq, y,
                act == Activations::Int8x2 || act == Activations::Int8x2Prompt};
   a.prompt = act == Activations::Int8x2Prompt;
+  a.x_bf16 = act == Activations::Bf16Prompt;
   return a;
 }
 
@@ -181,7 +184,7 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
   const uint16_t* xh = any_f16 ? f16_input(kt, x, ws[0]->k()) : nullptr;
   bool any_prompt_input = false;  // an integer matrix on panels in the f32 kernel
   for (int i = 0; i < count; ++i)
-    any_prompt_input |= act == Activations::F32 && ws[i]->uses_panels() && format_info(ws[i]->format()).integer_path;
+    any_prompt_input |= f32_kernel(act) && ws[i]->uses_panels() && format_info(ws[i]->format()).integer_path;
   const uint8_t* xs = prompt_input(kt, any_prompt_input, x, m, ws[0]->k());
   struct Part {
     MatmulArgs args;
@@ -196,7 +199,7 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
     parts[i].args = w.args(quantized ? nullptr : x, quantized ? xq : nullptr, m, ys[i], act);
     if (takes_f16_input(w.format(), m, act)) parts[i].args.xh = xh;
     parts[i].args.xs = xs;
-    parts[i].run = act == Activations::F32 ? kt.matmul_f32 : kt.matmul;
+    parts[i].run = f32_kernel(act) ? kt.matmul_f32 : kt.matmul;
     parts[i].units = w.units();
     parts[i].first_byte = total;
     parts[i].unit_bytes = (double)w.weight_bytes() / (double)w.units();
@@ -204,7 +207,7 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
   }
   // Chunk c of nc covers bytes [c, c+1) · total/nc; unit u of part i belongs to the chunk
   // its first byte falls in, so the chunks tile every part exactly.
-  const bool dynamic = act == Activations::F32;
+  const bool dynamic = f32_kernel(act);
   const int nc = global_pool()->size() * (dynamic ? (int)kSharedPiecesPerThread : 1);
   const auto first_unit = [&](const Part& p, int c) {
     const double at = total * c / nc - p.first_byte;

@@ -18,7 +18,11 @@ namespace linly {
 // Int8x2Prompt is Int8x2 through kernels made for many rows (MatmulArgs::prompt): the
 // same product, different in the last bits, so the decoder gives a sequence's rows one or
 // the other by what they are (prompt segment or decode step), never by batch size.
-enum class Activations { Int8, Int8x2, Int8x2Prompt, F32 };
+// How a matmul sees x: int8 blocks (Int8), plus their residual (Int8x2, and Int8x2Prompt
+// through the many-row kernels), as f32 (F32: the prompt kernels of matmul_f32), or as
+// F32 where the ISA may round x to bf16 first (Bf16Prompt: the AMX tiles then take one
+// bf16 product per weight part, not two; other ISAs compute it as F32).
+enum class Activations { Int8, Int8x2, Int8x2Prompt, F32, Bf16Prompt };
 
 class PackedMatrix {
  public:

@@ -24,6 +24,7 @@ struct MatmulArgs {
                         // (Activations::Int8x2Prompt; AVX-512 and AMX do, the others ignore it)
   const uint8_t* xs = nullptr;  // matmul_f32: x as the table's prepare_prompt_input laid it
                                 // out for all of [m, k], when the caller ran that step
+  bool x_bf16 = false;  // matmul_f32: x may be rounded to bf16 (Activations::Bf16Prompt)
 };
 
 struct KernelTable {
@@ -51,8 +52,9 @@ struct KernelTable {
   // y = x · Wᵀ with x in f32 (args.xq null) against the dequantised weights; same units
   // as matmul. Made for prompts: many rows share each dequantised tile.
   void (*matmul_f32)(const MatmulArgs& args, int64_t begin, int64_t end);
-  // Whether matmul_f32 beats the integer kernels' int8x2 path on prompt-sized batches
-  // here (measured per ISA; benchmarks/NOTES.md).
+  // Whether matmul_f32 beats the integer kernels on prompt-sized batches here: as F32
+  // against the int8x2 path, and as Bf16Prompt against the int8 one (measured per ISA;
+  // benchmarks/NOTES.md).
   bool f32_prompts;
   // Whether matmul_f32 beats matmul on prompt-sized batches for dense formats.
   bool dense_prompts;

@@ -183,12 +183,12 @@ void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t 
 
 int64_t LlamaModel::prompt_rows_in_f32(const PackedMatrix& w, int64_t n_prompt) const {
   const bool integer = format_info(w.format()).integer_path;
-  return (integer ? precise_ && kt_->f32_prompts : kt_->dense_prompts) ? n_prompt : 0;
+  return (integer ? kt_->f32_prompts : kt_->dense_prompts) ? n_prompt : 0;
 }
 
 void LlamaModel::matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_prompt, float* y) const {
   const int64_t n_f32 = prompt_rows_in_f32(w, n_prompt);
-  if (n_f32 > 0) w.matmul(x, n_f32, y, Activations::F32);
+  if (n_f32 > 0) w.matmul(x, n_f32, y, f32_prompt_activations());
   const int64_t n_int = n_prompt - n_f32;  // prompt rows on the integer kernels
   if (n_int > 0) w.matmul(x + n_f32 * w.k(), n_int, y + n_f32 * w.n(), prompt_activations());
   if (n > n_prompt) w.matmul(x + n_prompt * w.k(), n - n_prompt, y + n_prompt * w.n(), row_activations());
@@ -206,7 +206,7 @@ void LlamaModel::matmul_rows_shared(std::initializer_list<const PackedMatrix*> w
       return;
     }
   }
-  if (n_f32 > 0) matmul_shared_input(w, y, count, x, n_f32, Activations::F32);
+  if (n_f32 > 0) matmul_shared_input(w, y, count, x, n_f32, f32_prompt_activations());
   const auto rows_from = [&](int64_t r0, int64_t rows, Activations act) {
     float* part[kMaxSharedInput];
     for (int i = 0; i < count; ++i) part[i] = y[i] + r0 * w[i]->n();

@@ -74,8 +74,10 @@ class LlamaModel {
   // Segments of at least this many rows count as prompts. Chosen, not tuned: well above
   // the batched decode steps (one row per sequence), well below a prompt chunk.
   // A prompt's rows go through matmul_f32 where the table says that is faster: for
-  // integer formats in the precise mode (f32_prompts), for dense ones (dense_prompts);
-  // otherwise precise integer rows take Activations::Int8x2Prompt.
+  // integer formats where f32_prompts, for dense ones where dense_prompts; otherwise
+  // precise integer rows take Activations::Int8x2Prompt. In the fast (non-precise) mode
+  // they take matmul_f32 as Activations::Bf16Prompt: x may be rounded to bf16, still
+  // closer to x than the int8 blocks the fast mode's other rows use.
   static constexpr int64_t kPromptRows = 16;
   static_assert(kPromptRows > 1, "a single head row must stay off the prompt path (forward_grouped)");
   static bool segment_is_prompt(const Segment& s) { return s.n >= kPromptRows; }
@@ -89,6 +91,8 @@ class LlamaModel {
   Activations row_activations() const { return precise_ ? Activations::Int8x2 : Activations::Int8; }
   // What the prompt rows that do not take the f32 kernel take.
   Activations prompt_activations() const { return precise_ ? Activations::Int8x2Prompt : Activations::Int8; }
+  // What the prompt rows that take the f32 kernel take.
+  Activations f32_prompt_activations() const { return precise_ ? Activations::F32 : Activations::Bf16Prompt; }
   // matmul_rows for matrices that read the same x (at most kMaxSharedInput): one pool job
   // per row split.
   void matmul_rows_shared(std::initializer_list<const PackedMatrix*> ws, std::initializer_list<float*> ys,

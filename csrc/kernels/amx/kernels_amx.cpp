@@ -422,10 +422,25 @@ inline void unpack_step(const PanelLayout& L, NextPanel& nx) {
     _tile_dpbf16ps(C, 5, 6);           \
   } while (0)
 
+// The same with x rounded to bf16 (Activations::Bf16Prompt): xh times wh and wl.
+#define LINLY_ROW_TILE_XH(C, xt)       \
+  do {                                 \
+    _tile_loadd(4, xt, 64);            \
+    _tile_dpbf16ps(C, 4, 6);           \
+    _tile_dpbf16ps(C, 4, 7);           \
+  } while (0)
+
+// Whichever of the two a kernel instance takes (SplitX in scope).
+#define LINLY_ROW(C, xt)                                 \
+  do {                                                   \
+    if constexpr (SplitX) LINLY_ROW_TILE(C, xt);         \
+    else LINLY_ROW_TILE_XH(C, xt);                       \
+  } while (0)
+
 // Activation tiles [t0, t0 + R) (R <= 4) against one panel over the current K range:
 // the panel's wh, wl of each block are loaded once for all R tiles, which share them.
 // w: the panel's unpacked blocks of the range; x: the range's split activations.
-template <Format F, int R>
+template <Format F, int R, bool SplitX>
 void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, const uint8_t* x, int64_t x_stride,
                 int64_t kn, int64_t t0, int64_t p, int cols, bool first, NextPanel& nx) {
   alignas(64) float scratch[R][256];
@@ -440,13 +455,13 @@ void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, con
   if constexpr (R > 1) LINLY_TILE_START(1, y[1], a.n, rows[1], cols, first, scratch[1]);
   if constexpr (R > 2) LINLY_TILE_START(2, y[2], a.n, rows[2], cols, first, scratch[2]);
   if constexpr (R > 3) LINLY_TILE_START(3, y[3], a.n, rows[3], cols, first, scratch[3]);
-  for (int64_t j = 0; j < kn; ++j) {  // the hot loop: three TDPBF16PS per activation tile and block
+  for (int64_t j = 0; j < kn; ++j) {  // the hot loop: three (two) TDPBF16PS per activation tile and block
     _tile_loadd(6, w + j * 2048, 64);
     _tile_loadd(7, w + j * 2048 + 1024, 64);
-    LINLY_ROW_TILE(0, xt + j * 2048);
-    if constexpr (R > 1) LINLY_ROW_TILE(1, xt + x_stride + j * 2048);
-    if constexpr (R > 2) LINLY_ROW_TILE(2, xt + 2 * x_stride + j * 2048);
-    if constexpr (R > 3) LINLY_ROW_TILE(3, xt + 3 * x_stride + j * 2048);
+    LINLY_ROW(0, xt + j * 2048);
+    if constexpr (R > 1) LINLY_ROW(1, xt + x_stride + j * 2048);
+    if constexpr (R > 2) LINLY_ROW(2, xt + 2 * x_stride + j * 2048);
+    if constexpr (R > 3) LINLY_ROW(3, xt + 3 * x_stride + j * 2048);
     unpack_step<F>(L, nx);
   }
   LINLY_TILE_FINISH(0, y[0], a.n, rows[0], cols, scratch[0]);
@@ -455,7 +470,7 @@ void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, con
   if constexpr (R > 3) LINLY_TILE_FINISH(3, y[3], a.n, rows[3], cols, scratch[3]);
 }
 
-template <Format F>
+template <Format F, bool SplitX>
 void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
   thread_local AlignedBuffer wbuf;
   const PanelLayout L = panel_layout(a.fmt, a.k);
@@ -478,10 +493,10 @@ void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
       const int cols = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
       for (int64_t t = 0; t < tiles; t += kGroupTiles) {
         switch (std::min<int64_t>(kGroupTiles, tiles - t)) {
-          case 4: tile_group<F, 4>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
-          case 3: tile_group<F, 3>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
-          case 2: tile_group<F, 2>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
-          default: tile_group<F, 1>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
+          case 4: tile_group<F, 4, SplitX>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
+          case 3: tile_group<F, 3, SplitX>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
+          case 2: tile_group<F, 2, SplitX>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
+          default: tile_group<F, 1, SplitX>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
         }
       }
     }
@@ -489,17 +504,23 @@ void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
   _tile_release();
 }
 
+template <Format F>
+void f32_prompt_formats(const MatmulArgs& a, int64_t begin, int64_t end) {
+  if (a.x_bf16) f32_prompt_tiles<F, false>(a, begin, end);
+  else f32_prompt_tiles<F, true>(a, begin, end);
+}
+
 // Panels of integer formats read args.xs (prepare_prompt_input), which PackedMatrix
 // always sets for them on this table.
 void matmul_f32_amx(const MatmulArgs& a, int64_t begin, int64_t end) {
   if (!a.panels || !a.xs) { gemm_tiles_avx512(a, begin, end); return; }
   switch (a.fmt) {
-    case Format::Q4_0: f32_prompt_tiles<Format::Q4_0>(a, begin, end); return;
-    case Format::Q4_1: f32_prompt_tiles<Format::Q4_1>(a, begin, end); return;
-    case Format::Q8_0: f32_prompt_tiles<Format::Q8_0>(a, begin, end); return;
-    case Format::Q4_G32: f32_prompt_tiles<Format::Q4_G32>(a, begin, end); return;
-    case Format::Q4_G64: f32_prompt_tiles<Format::Q4_G64>(a, begin, end); return;
-    case Format::Q4_G128: f32_prompt_tiles<Format::Q4_G128>(a, begin, end); return;
+    case Format::Q4_0: f32_prompt_formats<Format::Q4_0>(a, begin, end); return;
+    case Format::Q4_1: f32_prompt_formats<Format::Q4_1>(a, begin, end); return;
+    case Format::Q8_0: f32_prompt_formats<Format::Q8_0>(a, begin, end); return;
+    case Format::Q4_G32: f32_prompt_formats<Format::Q4_G32>(a, begin, end); return;
+    case Format::Q4_G64: f32_prompt_formats<Format::Q4_G64>(a, begin, end); return;
+    case Format::Q4_G128: f32_prompt_formats<Format::Q4_G128>(a, begin, end); return;
     default: gemm_tiles_avx512(a, begin, end); return;
   }
 }
