@@ -5,7 +5,9 @@ Run:  pytest benchmarks/test_bench_prompt.py --benchmark-only -s [-k q4_0]
 What the decoder runs for the rows of a prompt in its default (precise) mode: on AVX-512
 the folded vpdpbusd loop (activations "int8x2-prompt"); on AMX the three-bf16-product tile
 kernel (activations "f32", KernelTable::f32_prompts), with the int8x2 tile kernel, which
-gives the AVX-512 loop's bits, beside it. The variants take turns round by round in one
+gives the AVX-512 loop's bits, beside it. The fast mode's prompt kernels follow: int8
+activations on AVX-512, and on AMX x rounded to bf16 with two tile products
+("bf16-prompt", KernelTable::bf16_prompts). The variants take turns round by round in one
 process and the ratio is the median of the per-round ratios (the neighbours' load on a
 shared VM drifts within seconds). The weights
 are one matrix, not a rotation: a prompt reuses every weight 128 times, so this measures
@@ -27,7 +29,8 @@ from conftest import ROWS
 SHAPES = [(2048, 2048), (5632, 2048), (2048, 5632), (4096, 4096)]  # (n, k): TinyLlama, LLaMA-7B
 FORMATS = ["q4_0", "q4_1", "q8_0", "q4_g128"]
 M, ROUNDS = 128, 9
-VARIANTS = [(isa, act) for isa, act in (("avx512", "int8x2-prompt"), ("amx", "int8x2-prompt"), ("amx", "f32"))
+VARIANTS = [(isa, act) for isa, act in (("avx512", "int8x2-prompt"), ("amx", "int8x2-prompt"), ("amx", "f32"),
+                                         ("avx512", "int8"), ("amx", "bf16-prompt"))
             if isa in le.available_isas()]
 
 

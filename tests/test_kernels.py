@@ -149,6 +149,41 @@ def test_amx_bf16_prompt_rows_round_only_x_and_are_batch_invariant(fmt, threads)
                                           err_msg=f"{fmt} {rows}")
 
 
+@pytest.mark.skipif("amx" not in ISAS, reason="this CPU (or OS) gives no AMX tile unit to this process")
+def test_amx_f16_prompt_rows_split_weights_exactly(threads):
+    """Row-major f16 weights on the AMX prompt tiles: each f16 (11 significant bits) is
+    wh + wl exactly, so 'f32' keeps the few-ulp-of-bf16-squared error of the integer
+    formats' kernel and 'bf16-prompt' only x's rounding. n = 37 leaves a partial panel;
+    rows are bit for bit the same alone, in a partial tile and at 1 and 3 threads (the
+    work is cut in whole 16-row panels). K not a multiple of 32 keeps the AVX-512 f32
+    tiles, bit for bit."""
+    rng = np.random.default_rng(7)
+    n, k = 37, 4224
+    data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), "f16")
+    x = (rng.standard_normal((47, k)) * rng.uniform(0.1, 10, (47, 1))).astype(np.float32)
+    x[:, 7] *= 40
+    exact = x.astype(np.float64) @ le.dequantize(data, "f16", k).astype(np.float64).T
+    mat = le.PackedMatrix(data, "f16", k, isa="amx")
+
+    def rms_rel(v):
+        return float(np.sqrt(np.mean((v - exact) ** 2) / np.mean(exact ** 2)))
+
+    le.set_num_threads(1)
+    ys = {act: mat.matmul(x, activations=act) for act in ("f32", "bf16-prompt")}
+    assert rms_rel(ys["f32"]) < 2e-5, rms_rel(ys["f32"])
+    assert 10 * rms_rel(ys["f32"]) < rms_rel(ys["bf16-prompt"]) < 4e-3, rms_rel(ys["bf16-prompt"])
+    for nthreads in (1, 3):
+        le.set_num_threads(nthreads)
+        for act, y in ys.items():
+            for rows in (slice(0, 1), slice(0, 17), slice(46, 47), slice(0, 47)):
+                np.testing.assert_array_equal(mat.matmul(x[rows], activations=act), y[rows], err_msg=f"{act} {rows}")
+    k = 4097
+    data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), "f16")
+    x = rng.standard_normal((20, k)).astype(np.float32)
+    np.testing.assert_array_equal(le.PackedMatrix(data, "f16", k, isa="amx").matmul(x, activations="f32"),
+                                  le.PackedMatrix(data, "f16", k, isa="avx512").matmul(x, activations="f32"))
+
+
 @pytest.mark.parametrize("isa", [isa for isa in ISAS if isa != "amx"])
 def test_bf16_prompt_is_f32_where_nothing_rounds_x(isa, rng):
     """'bf16-prompt' only lets a kernel round x to bf16; the ISAs without such a kernel

@@ -1,5 +1,6 @@
 #include "core/packed_matrix.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -151,9 +152,20 @@ void PackedMatrix::matmul(const float* x, int64_t m, float* y, Activations act) 
     global_pool()->parallel_for(units(), [&](int64_t b, int64_t e) { kt->matmul(a, b, e); });
     return;
   }
-  a.xs = prompt_input(*kt, panels_ && format_info(fmt_).integer_path, x, m, k_);
-  global_pool()->parallel_for_dynamic(units(), 1, [&](int64_t b, int64_t e) { kt->matmul_f32(a, b, e); });
+  a.xs = prompt_input(*kt, reads_prompt_input(), x, m, k_);
+  const int64_t rows = f32_unit_rows();
+  global_pool()->parallel_for_dynamic((units() + rows - 1) / rows, 1, [&](int64_t b, int64_t e) {
+    kt->matmul_f32(a, b * rows, std::min(e * rows, units()));
+  });
 }
+
+bool PackedMatrix::reads_prompt_input() const {
+  if (!kernels_->prepare_prompt_input) return false;
+  if (panels_) return format_info(fmt_).integer_path;
+  return fmt_ == Format::F16 && kernels_->f16_prompt_input && k_ % QK == 0;
+}
+
+int64_t PackedMatrix::f32_unit_rows() const { return !panels_ && reads_prompt_input() ? kPanelRows : 1; }
 
 MatmulArgs PackedMatrix::args(const float* x, const block_q8_act* xq, int64_t m, float* y, Activations act) const {
   MatmulArgs a{fmt_, panels_ ? panels_ : plain_, panels_ != nullptr, n_, k_, m, x, xq, y,
@@ -182,14 +194,13 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
   }
   const block_q8_act* xq = any_quantized ? quantized_input(kt, x, m, ws[0]->k()) : nullptr;
   const uint16_t* xh = any_f16 ? f16_input(kt, x, ws[0]->k()) : nullptr;
-  bool any_prompt_input = false;  // an integer matrix on panels in the f32 kernel
-  for (int i = 0; i < count; ++i)
-    any_prompt_input |= f32_kernel(act) && ws[i]->uses_panels() && format_info(ws[i]->format()).integer_path;
+  bool any_prompt_input = false;  // a matrix whose f32 kernel reads the prompt input
+  for (int i = 0; i < count; ++i) any_prompt_input |= f32_kernel(act) && ws[i]->reads_prompt_input();
   const uint8_t* xs = prompt_input(kt, any_prompt_input, x, m, ws[0]->k());
   struct Part {
     MatmulArgs args;
     void (*run)(const MatmulArgs&, int64_t, int64_t);
-    int64_t units;
+    int64_t units, unit_rows, kernel_units;  // units of unit_rows kernel units (the last one may be short)
     double first_byte, unit_bytes;  // where it starts in the job's weight bytes, a unit's share
   } parts[kMaxSharedInput];
   double total = 0;
@@ -200,9 +211,11 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
     if (takes_f16_input(w.format(), m, act)) parts[i].args.xh = xh;
     parts[i].args.xs = xs;
     parts[i].run = f32_kernel(act) ? kt.matmul_f32 : kt.matmul;
-    parts[i].units = w.units();
+    parts[i].unit_rows = f32_kernel(act) ? w.f32_unit_rows() : 1;
+    parts[i].kernel_units = w.units();
+    parts[i].units = (w.units() + parts[i].unit_rows - 1) / parts[i].unit_rows;
     parts[i].first_byte = total;
-    parts[i].unit_bytes = (double)w.weight_bytes() / (double)w.units();
+    parts[i].unit_bytes = (double)w.weight_bytes() / (double)parts[i].units;
     total += (double)w.weight_bytes();
   }
   // Chunk c of nc covers bytes [c, c+1) · total/nc; unit u of part i belongs to the chunk
@@ -217,7 +230,8 @@ void matmul_shared_input(const PackedMatrix* const* ws, float* const* ys, int co
   const auto chunks = [&](int64_t c0, int64_t c1) {
     for (int i = 0; i < count; ++i) {
       const int64_t b = first_unit(parts[i], (int)c0), e = first_unit(parts[i], (int)c1);
-      if (b < e) parts[i].run(parts[i].args, b, e);
+      const Part& q = parts[i];
+      if (b < e) q.run(q.args, b * q.unit_rows, std::min(e * q.unit_rows, q.kernel_units));
     }
   };
   if (dynamic) global_pool()->parallel_for_dynamic(nc, 1, chunks);

@@ -55,6 +55,11 @@ class PackedMatrix {
   int64_t weight_bytes() const;
   // What the kernels iterate over: panels when the matrix has them, rows otherwise.
   int64_t units() const;
+  // Whether matmul_f32 here reads the table's prompt input (KernelTable::
+  // prepare_prompt_input), and in how many kernel units at a time its work may be cut
+  // (16 rows for row-major f16 that does: the kernel takes whole panels).
+  bool reads_prompt_input() const;
+  int64_t f32_unit_rows() const;
   // A kernel call's arguments for this matrix (x: dense and f32 kernels, xq: integer).
   MatmulArgs args(const float* x, const block_q8_act* xq, int64_t m, float* y, Activations act) const;
 

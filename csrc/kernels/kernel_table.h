@@ -52,20 +52,25 @@ struct KernelTable {
   // y = x · Wᵀ with x in f32 (args.xq null) against the dequantised weights; same units
   // as matmul. Made for prompts: many rows share each dequantised tile.
   void (*matmul_f32)(const MatmulArgs& args, int64_t begin, int64_t end);
-  // Whether matmul_f32 beats the integer kernels on prompt-sized batches here: as F32
-  // against the int8x2 path, and as Bf16Prompt against the int8 one (measured per ISA;
-  // benchmarks/NOTES.md).
+  // Whether matmul_f32 beats the integer kernels' int8x2 path on prompt-sized batches
+  // here (measured per ISA; benchmarks/NOTES.md).
   bool f32_prompts;
   // Whether matmul_f32 beats matmul on prompt-sized batches for dense formats.
   bool dense_prompts;
   void (*swiglu)(float* gate, const float* up, int64_t n);  // twin of swiglu_ref (elementwise_ref.h)
   // Optional (null where matmul_f32 reads x as it is): a step that lays x [m, k] out once
-  // per call for matmul_f32 on panels of integer formats, instead of every thread doing
-  // it for itself. prompt_input_bytes(m, k) bytes; prepare_prompt_input writes the part
+  // per call for matmul_f32 on panels of integer formats (and f16: f16_prompt_input),
+  // instead of every thread doing it for itself. prompt_input_bytes(m, k) bytes; prepare_prompt_input writes the part
   // of row tiles [t0, t1) of prompt_input_tiles(m), so callers can split it over threads,
   // and pass the result as MatmulArgs::xs (where this step exists, matmul_f32 on panels
   // of integer formats takes its fast path only with it). k is a multiple of 32.
   int64_t (*prompt_input_tiles)(int64_t m) = nullptr;
+  // Whether matmul_f32 also reads the prompt input for row-major f16 weights with k a
+  // multiple of 32; its callers then hand it row ranges in whole 16-row panels.
+  bool f16_prompt_input = false;
+  // Whether matmul_f32 with x rounded to bf16 (MatmulArgs::x_bf16) has a kernel of its own
+  // that beats the int8 path on prompt-sized batches (the fast mode's prompts; AMX only).
+  bool bf16_prompts = false;
   int64_t (*prompt_input_bytes)(int64_t m, int64_t k) = nullptr;
   void (*prepare_prompt_input)(const float* x, int64_t m, int64_t k, int64_t t0, int64_t t1, uint8_t* out) = nullptr;
 };

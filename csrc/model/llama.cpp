@@ -183,7 +183,7 @@ void LlamaModel::forward_batch(const int32_t* ids, const Segment* segs, int64_t 
 
 int64_t LlamaModel::prompt_rows_in_f32(const PackedMatrix& w, int64_t n_prompt) const {
   const bool integer = format_info(w.format()).integer_path;
-  return (integer ? kt_->f32_prompts : kt_->dense_prompts) ? n_prompt : 0;
+  return (integer ? (precise_ ? kt_->f32_prompts : kt_->bf16_prompts) : kt_->dense_prompts) ? n_prompt : 0;
 }
 
 void LlamaModel::matmul_rows(const PackedMatrix& w, const float* x, int64_t n, int64_t n_prompt, float* y) const {

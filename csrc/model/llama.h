@@ -74,10 +74,10 @@ class LlamaModel {
   // Segments of at least this many rows count as prompts. Chosen, not tuned: well above
   // the batched decode steps (one row per sequence), well below a prompt chunk.
   // A prompt's rows go through matmul_f32 where the table says that is faster: for
-  // integer formats where f32_prompts, for dense ones where dense_prompts; otherwise
-  // precise integer rows take Activations::Int8x2Prompt. In the fast (non-precise) mode
-  // they take matmul_f32 as Activations::Bf16Prompt: x may be rounded to bf16, still
-  // closer to x than the int8 blocks the fast mode's other rows use.
+  // integer formats in the precise mode where f32_prompts, in the fast mode where
+  // bf16_prompts (as Activations::Bf16Prompt: x rounded to bf16, still closer to x than
+  // the int8 blocks of the fast mode's other rows), for dense ones where dense_prompts;
+  // otherwise precise integer rows take Activations::Int8x2Prompt.
   static constexpr int64_t kPromptRows = 16;
   static_assert(kPromptRows > 1, "a single head row must stay off the prompt path (forward_grouped)");
   static bool segment_is_prompt(const Segment& s) { return s.n >= kPromptRows; }

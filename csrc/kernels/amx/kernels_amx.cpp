@@ -277,8 +277,63 @@ inline void split_pairs(__m512 a, __m512 b, __m512i* hi, __m512i* lo) {
 
 // A panel's block b as the tile unit reads it: [2 (wh, wl)][16 k-pairs][16 rows][2] bf16
 // (2 KiB) in `out`, k-pairs 2j and 2j+1 from elements 4j..4j+3 of the 16 rows.
+// Where panel p's weights are: the panel layout of the integer formats (panel.h), or
+// rows 16p.. of a row-major f16 matrix (fewer in its last panel).
+struct PanelSource {
+  const uint8_t* w;
+  PanelLayout L;      // integer formats
+  int64_t row_bytes;  // f16
+  int64_t n;
+  const uint8_t* panel(int64_t p) const { return w + (L.panel_bytes ? p * L.panel_bytes : p * kPanelRows * row_bytes); }
+  int rows(int64_t p) const { return (int)std::min<int64_t>(kPanelRows, n - p * kPanelRows); }
+};
+
+// dword c of r[i] -> dword i of r[c]: 16 x 16 32-bit transpose (interleave dwords, then
+// qwords within 128-bit lanes, then gather the lanes).
+inline void transpose16_epi32(__m512i r[16]) {
+  __m512i a[16], b[16];
+  for (int i = 0; i < 8; ++i) {
+    a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // b[4i + j], lane L: column 4L + j of rows 4i..4i+3
+    b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+    b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+    b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+    b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512i c0 = _mm512_shuffle_i32x4(b[j], b[4 + j], 0x44), c1 = _mm512_shuffle_i32x4(b[8 + j], b[12 + j], 0x44);
+    const __m512i c2 = _mm512_shuffle_i32x4(b[j], b[4 + j], 0xEE), c3 = _mm512_shuffle_i32x4(b[8 + j], b[12 + j], 0xEE);
+    r[j] = _mm512_shuffle_i32x4(c0, c1, 0x88);
+    r[4 + j] = _mm512_shuffle_i32x4(c0, c1, 0xDD);
+    r[8 + j] = _mm512_shuffle_i32x4(c2, c3, 0x88);
+    r[12 + j] = _mm512_shuffle_i32x4(c2, c3, 0xDD);
+  }
+}
+
 template <Format F>
-inline void unpack_block(const uint8_t* panel, const PanelLayout& L, int64_t b, uint8_t* out) {
+inline void unpack_block(const PanelSource& src, int64_t p, int64_t b, uint8_t* out) {
+  __m512i* hi = (__m512i*)out;
+  if constexpr (F == Format::F16) {
+    // Row i's block is 16 dwords of f16 pairs (elements 2q, 2q+1): transposed, dword i
+    // of vector q is row i's pair q, the tile row layout; f16's 11 significant bits
+    // split exactly into wh + wl.
+    const uint8_t* base = src.panel(p) + b * QK * 2;
+    const int rows = src.rows(p);
+    __m512i r[16];
+    for (int i = 0; i < 16; ++i)
+      r[i] = i < rows ? _mm512_loadu_si512((const void*)(base + i * src.row_bytes)) : _mm512_setzero_si512();
+    transpose16_epi32(r);
+    for (int q = 0; q < 16; ++q) {
+      const __m512 even = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(r[q]));
+      const __m512 odd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(r[q], 16)));
+      split_pairs(even, odd, hi + q, hi + 16 + q);
+    }
+    return;
+  }
+  const uint8_t* panel = src.panel(p);
+  const PanelLayout& L = src.L;
   const uint8_t* rec = panel + L.record_offset(b);
   const uint8_t* q = panel + L.qs_offset(b);
   const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)rec));
@@ -292,7 +347,6 @@ inline void unpack_block(const uint8_t* panel, const PanelLayout& L, int64_t b, 
   if constexpr (q4_group_size(F) != 0)
     add = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), d),
                         _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(rec + 32)))));
-  __m512i* hi = (__m512i*)out;
   for (int j = 0; j < 8; ++j) {
     __m512 f[4];  // element 4j+i of the 16 rows, as f32
     if constexpr (F == Format::Q8_0) {
@@ -399,15 +453,15 @@ constexpr int64_t kGroupTiles = 4;
 // took the sum of their times), but spread like this the kernel still ran 8.4 ms against
 // 9.3 with each panel unpacked whole after the previous one (5632 x 2048, M = 128).
 struct NextPanel {
-  const uint8_t* panel;  // null on the last panel
+  int64_t p;  // -1 on the last panel
   uint8_t* out;
   int64_t a0, blocks, every, done, step;  // a block after every `every`-th step
 };
 
 template <Format F>
-inline void unpack_step(const PanelLayout& L, NextPanel& nx) {
-  if (!nx.panel || ++nx.step % nx.every != 0 || nx.done == nx.blocks) return;
-  unpack_block<F>(nx.panel, L, nx.a0 + nx.done, nx.out + nx.done * 2048);
+inline void unpack_step(const PanelSource& src, NextPanel& nx) {
+  if (nx.p < 0 || ++nx.step % nx.every != 0 || nx.done == nx.blocks) return;
+  unpack_block<F>(src, nx.p, nx.a0 + nx.done, nx.out + nx.done * 2048);
   ++nx.done;
 }
 
@@ -441,7 +495,7 @@ inline void unpack_step(const PanelLayout& L, NextPanel& nx) {
 // the panel's wh, wl of each block are loaded once for all R tiles, which share them.
 // w: the panel's unpacked blocks of the range; x: the range's split activations.
 template <Format F, int R, bool SplitX>
-void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, const uint8_t* x, int64_t x_stride,
+void tile_group(const MatmulArgs& a, const PanelSource& src, const uint8_t* w, const uint8_t* x, int64_t x_stride,
                 int64_t kn, int64_t t0, int64_t p, int cols, bool first, NextPanel& nx) {
   alignas(64) float scratch[R][256];
   float* y[R];
@@ -462,7 +516,7 @@ void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, con
     if constexpr (R > 1) LINLY_ROW(1, xt + x_stride + j * 2048);
     if constexpr (R > 2) LINLY_ROW(2, xt + 2 * x_stride + j * 2048);
     if constexpr (R > 3) LINLY_ROW(3, xt + 3 * x_stride + j * 2048);
-    unpack_step<F>(L, nx);
+    unpack_step<F>(src, nx);
   }
   LINLY_TILE_FINISH(0, y[0], a.n, rows[0], cols, scratch[0]);
   if constexpr (R > 1) LINLY_TILE_FINISH(1, y[1], a.n, rows[1], cols, scratch[1]);
@@ -473,7 +527,7 @@ void tile_group(const MatmulArgs& a, const PanelLayout& L, const uint8_t* w, con
 template <Format F, bool SplitX>
 void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
   thread_local AlignedBuffer wbuf;
-  const PanelLayout L = panel_layout(a.fmt, a.k);
+  const PanelSource src{a.w, F == Format::F16 ? PanelLayout{} : panel_layout(a.fmt, a.k), a.k * 2, a.n};
   const int64_t nb = a.k / QK;
   const int64_t tiles = (a.m + kTileRows - 1) / kTileRows, groups = (tiles + kGroupTiles - 1) / kGroupTiles;
   const int64_t range = std::min<int64_t>(kMaxRangeBlocks, std::max<int64_t>(4, kActivationRangeBytes / (tiles * 2048)));
@@ -484,19 +538,19 @@ void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
     // The range's activations, from the table's prompt-input step (its callers run it).
     const uint8_t* x = a.xs + a0 * 2048;
     const int64_t x_stride = nb * 2048;  // from one tile's blocks to the next tile's
-    for (int64_t b = 0; b < kn; ++b) unpack_block<F>(a.w + begin * L.panel_bytes, L, a0 + b, wbuf.data() + b * 2048);
+    for (int64_t b = 0; b < kn; ++b) unpack_block<F>(src, begin, a0 + b, wbuf.data() + b * 2048);
     for (int64_t p = begin; p < end; ++p) {
       __asm__ volatile("" ::: "memory");  // tileloadd's asm names no memory operand
       const uint8_t* cur = wbuf.data() + ((p - begin) & 1) * range * 2048;
-      NextPanel nx{p + 1 < end ? a.w + (p + 1) * L.panel_bytes : nullptr,
+      NextPanel nx{p + 1 < end ? p + 1 : -1,
                    wbuf.data() + ((p - begin + 1) & 1) * range * 2048, a0, kn, groups, 0, 0};
       const int cols = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
       for (int64_t t = 0; t < tiles; t += kGroupTiles) {
         switch (std::min<int64_t>(kGroupTiles, tiles - t)) {
-          case 4: tile_group<F, 4, SplitX>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
-          case 3: tile_group<F, 3, SplitX>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
-          case 2: tile_group<F, 2, SplitX>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
-          default: tile_group<F, 1, SplitX>(a, L, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
+          case 4: tile_group<F, 4, SplitX>(a, src, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
+          case 3: tile_group<F, 3, SplitX>(a, src, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
+          case 2: tile_group<F, 2, SplitX>(a, src, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
+          default: tile_group<F, 1, SplitX>(a, src, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;
         }
       }
     }
@@ -513,6 +567,12 @@ void f32_prompt_formats(const MatmulArgs& a, int64_t begin, int64_t end) {
 // Panels of integer formats read args.xs (prepare_prompt_input), which PackedMatrix
 // always sets for them on this table.
 void matmul_f32_amx(const MatmulArgs& a, int64_t begin, int64_t end) {
+  if (a.fmt == Format::F16 && a.xs && !a.panels) {
+    // Rows of a dense f16 matrix, in whole 16-row panels (PackedMatrix hands out
+    // panel-aligned ranges when the table has prepare_prompt_input).
+    f32_prompt_formats<Format::F16>(a, begin / kPanelRows, (end + kPanelRows - 1) / kPanelRows);
+    return;
+  }
   if (!a.panels || !a.xs) { gemm_tiles_avx512(a, begin, end); return; }
   switch (a.fmt) {
     case Format::Q4_0: f32_prompt_formats<Format::Q4_0>(a, begin, end); return;
@@ -535,6 +595,8 @@ const KernelTable& kernels_amx() {
     k.matmul = matmul_amx;
     k.matmul_f32 = matmul_f32_amx;
     k.f32_prompts = true;  // the bf16x3 tiles beat the int8x2 tiles (test_bench_prompt.py)
+    k.f16_prompt_input = true;  // f16 prompts on the tiles too (f16 = wh + wl exactly)
+    k.bf16_prompts = true;  // two tile products: 1.8-2x the AVX-512 int8 prompt loop
     k.prompt_input_tiles = prompt_input_tiles_amx;
     k.prompt_input_bytes = prompt_input_bytes_amx;
     k.prepare_prompt_input = prepare_prompt_input_amx;
