@@ -90,6 +90,24 @@ def test_amx_prompt_rows_are_bit_identical_to_avx512(fmt, n, k, nthreads, thread
         np.testing.assert_array_equal(y[m - 1:], amx.matmul(x[m - 1:], activations="int8x2-prompt"))
 
 
+def amx_outlier_case(fmt: str, seed: int):
+    """37 x 4224 weights (33 groups of 128, a partial panel) in fmt on the AMX row, and 47
+    activation rows of mixed scale with an outlier channel, as LLaMA activations have;
+    returns x, the matrix and the RMS error of a result against the f64 product, relative
+    to the product's RMS."""
+    rng = np.random.default_rng(seed)
+    n, k = 37, 4224
+    data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
+    x = (rng.standard_normal((47, k)) * rng.uniform(0.1, 10, (47, 1))).astype(np.float32)
+    x[:, 7] *= 40
+    exact = x.astype(np.float64) @ le.dequantize(data, fmt, k).astype(np.float64).T
+
+    def rms_rel(v):
+        return float(np.sqrt(np.mean((v - exact) ** 2) / np.mean(exact ** 2)))
+
+    return x, le.PackedMatrix(data, fmt, k, isa="amx"), rms_rel
+
+
 @pytest.mark.skipif("amx" not in ISAS, reason="this CPU (or OS) gives no AMX tile unit to this process")
 @pytest.mark.parametrize("fmt", QUANT)
 def test_amx_f32_prompt_rows_are_near_f32_and_batch_invariant(fmt, threads):
@@ -99,18 +117,9 @@ def test_amx_f32_prompt_rows_are_near_f32_and_batch_invariant(fmt, threads):
     split of either operand, costs about 1e-3) and below the int8x2 product's, which it
     replaces in the decoder's prompts. Every row comes out bit for bit the same alone, in a
     tile pair, in a partial last tile, at 1 and 3 threads."""
-    rng = np.random.default_rng(5)
-    n, k = 37, 4224  # 33 groups of 128
-    data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
-    x = (rng.standard_normal((47, k)) * rng.uniform(0.1, 10, (47, 1))).astype(np.float32)
-    x[:, 7] *= 40  # an outlier channel, as LLaMA activations have
-    exact = x.astype(np.float64) @ le.dequantize(data, fmt, k).astype(np.float64).T
-    mat = le.PackedMatrix(data, fmt, k, isa="amx")
+    x, mat, rms_rel = amx_outlier_case(fmt, 5)
     le.set_num_threads(1)
     y = mat.matmul(x, activations="f32")
-
-    def rms_rel(v):
-        return float(np.sqrt(np.mean((v - exact) ** 2) / np.mean(exact ** 2)))
 
     assert rms_rel(y) < 2e-5, (fmt, rms_rel(y))
     assert rms_rel(y) < rms_rel(mat.matmul(x, activations="int8x2")), fmt
@@ -129,18 +138,9 @@ def test_amx_bf16_prompt_rows_round_only_x_and_are_batch_invariant(fmt, threads)
     4e-3 and asks for less than the int8 activations it replaces (about 7e-3), and more
     than the three-product kernel's (so the dropped product really is dropped). Rows are
     bit for bit the same alone, in a partial tile and at 1 and 3 threads."""
-    rng = np.random.default_rng(6)
-    n, k = 37, 4224
-    data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
-    x = (rng.standard_normal((47, k)) * rng.uniform(0.1, 10, (47, 1))).astype(np.float32)
-    x[:, 7] *= 40
-    exact = x.astype(np.float64) @ le.dequantize(data, fmt, k).astype(np.float64).T
-    mat = le.PackedMatrix(data, fmt, k, isa="amx")
+    x, mat, rms_rel = amx_outlier_case(fmt, 6)
     le.set_num_threads(1)
     y = mat.matmul(x, activations="bf16-prompt")
-
-    def rms_rel(v):
-        return float(np.sqrt(np.mean((v - exact) ** 2) / np.mean(exact ** 2)))
 
     assert rms_rel(y) < 4e-3, (fmt, rms_rel(y))
     assert rms_rel(y) < rms_rel(mat.matmul(x, activations="int8")), fmt
@@ -160,17 +160,7 @@ def test_amx_f16_prompt_rows_split_weights_exactly(threads):
     rows are bit for bit the same alone, in a partial tile and at 1 and 3 threads (the
     work is cut in whole 16-row panels). K not a multiple of 32 keeps the AVX-512 f32
     tiles, bit for bit."""
-    rng = np.random.default_rng(7)
-    n, k = 37, 4224
-    data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), "f16")
-    x = (rng.standard_normal((47, k)) * rng.uniform(0.1, 10, (47, 1))).astype(np.float32)
-    x[:, 7] *= 40
-    exact = x.astype(np.float64) @ le.dequantize(data, "f16", k).astype(np.float64).T
-    mat = le.PackedMatrix(data, "f16", k, isa="amx")
-
-    def rms_rel(v):
-        return float(np.sqrt(np.mean((v - exact) ** 2) / np.mean(exact ** 2)))
-
+    x, mat, rms_rel = amx_outlier_case("f16", 7)
     le.set_num_threads(1)
     ys = {act: mat.matmul(x, activations=act) for act in ("f32", "bf16-prompt")}
     assert rms_rel(ys["f32"]) < 2e-5, rms_rel(ys["f32"])
@@ -180,7 +170,8 @@ def test_amx_f16_prompt_rows_split_weights_exactly(threads):
         for act, y in ys.items():
             for rows in (slice(0, 1), slice(0, 17), slice(46, 47), slice(0, 47)):
                 np.testing.assert_array_equal(mat.matmul(x[rows], activations=act), y[rows], err_msg=f"{act} {rows}")
-    k = 4097
+    rng = np.random.default_rng(8)
+    n, k = 37, 4097
     data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), "f16")
     x = rng.standard_normal((20, k)).astype(np.float32)
     np.testing.assert_array_equal(le.PackedMatrix(data, "f16", k, isa="amx").matmul(x, activations="f32"),
