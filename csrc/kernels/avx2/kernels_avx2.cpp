@@ -105,6 +105,12 @@ inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
   for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), _MM_HINT_T1);
 }
 
+// GCC reassociates a block's integer sums into a tree over all its products and spills
+// them to the stack (20+ ymm stores and reloads per block in the int8x2 q4 kernel, seen in
+// perf annotate); an empty asm on the running sum pins it to a register, so each sum stays
+// one dependency chain. Integer addition: the result is the same either way.
+inline void pin(__m256i& v) { __asm__("" : "+x"(v)); }
+
 // One 16-row panel of a 4-bit format against MT activation rows. The hot loop of
 // decode: every weight byte of the model passes through here once per token.
 // Each half (8 rows) is one ymm of 8 int32 lanes, one lane per weight row.
@@ -130,13 +136,17 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
       const uint8_t* q = chunk + bi * 256;
       const uint8_t* rec = chunk + nbc * 256 + bi / SUB * RB;
       prefetch_ahead(chunk + bi * PER, PER);  // the block's share of the chunk's lines
+      // Both halves of each 64-byte line in one pass: the block is read line by line, in
+      // order, and each activation broadcast feeds both halves.
+      __m256i ps[2][MT], ps2[2][MT];  // ps2: the activation residual's dot (HI only)
 #pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h) {
-        __m256i p[MT], p2[MT];  // p2: the activation residual's dot (HI only)
+      for (int h = 0; h < 2; ++h)
 #pragma GCC unroll 4
-        for (int m = 0; m < MT; ++m) p[m] = p2[m] = _mm256_setzero_si256();
+        for (int m = 0; m < MT; ++m) ps[h][m] = ps2[h][m] = _mm256_setzero_si256();
 #pragma GCC unroll 4
-        for (int v = 0; v < 4; ++v) {
+      for (int v = 0; v < 4; ++v) {
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
           const __m256i raw = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
           const __m256i lo = _mm256_and_si256(raw, low4);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
@@ -144,15 +154,22 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
           for (int m = 0; m < MT; ++m) {
             const int32_t* xw = (const int32_t*)xs[m][b].qs;
             // u8 code × s8 activation: |pair sum| ≤ 2·15·127, eight of them fit in int16.
-            p[m] = _mm256_add_epi16(p[m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xw[v])));
-            p[m] = _mm256_add_epi16(p[m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xw[4 + v])));
+            ps[h][m] = _mm256_add_epi16(ps[h][m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xw[v])));
+            ps[h][m] = _mm256_add_epi16(ps[h][m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xw[4 + v])));
+            pin(ps[h][m]);
             if (HI) {
               const int32_t* rw = (const int32_t*)xs[m][b].r;
-              p2[m] = _mm256_add_epi16(p2[m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(rw[v])));
-              p2[m] = _mm256_add_epi16(p2[m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(rw[4 + v])));
+              ps2[h][m] = _mm256_add_epi16(ps2[h][m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(rw[v])));
+              ps2[h][m] = _mm256_add_epi16(ps2[h][m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(rw[4 + v])));
+              pin(ps2[h][m]);
             }
           }
         }
+      }
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const __m256i* p = ps[h];
+        const __m256i* p2 = ps2[h];
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + h * 16)));
 #pragma GCC unroll 4
         for (int m = 0; m < MT; ++m) {
@@ -202,26 +219,36 @@ void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
       const int64_t b = c0 + bi;
       const uint8_t* q = chunk + bi * 512;
       prefetch_ahead(chunk + bi * PER, PER);
+      // Both halves of each 64-byte line in one pass (the block read line by line, in order).
+      __m256i is[2][MT], is2[2][MT];
 #pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h) {
-        __m256i isum[MT], isum2[MT];
+      for (int h = 0; h < 2; ++h)
 #pragma GCC unroll 4
-        for (int m = 0; m < MT; ++m) isum[m] = isum2[m] = _mm256_setzero_si256();
+        for (int m = 0; m < MT; ++m) is[h][m] = is2[h][m] = _mm256_setzero_si256();
 #pragma GCC unroll 8
-        for (int v = 0; v < 8; ++v) {
+      for (int v = 0; v < 8; ++v) {
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
           const __m256i w = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
           const __m256i aw = _mm256_abs_epi8(w);
 #pragma GCC unroll 4
           for (int m = 0; m < MT; ++m) {
             // Sign trick: |w| · (x·sign w) = w·x with an unsigned first operand for maddubs.
             const __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(((const int32_t*)xs[m][b].qs)[v]), w);
-            isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
+            is[h][m] = _mm256_add_epi32(is[h][m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
+            pin(is[h][m]);
             if (HI) {
               const __m256i sr = _mm256_sign_epi8(_mm256_set1_epi32(((const int32_t*)xs[m][b].r)[v]), w);
-              isum2[m] = _mm256_add_epi32(isum2[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sr), ones));
+              is2[h][m] = _mm256_add_epi32(is2[h][m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sr), ones));
+              pin(is2[h][m]);
             }
           }
         }
+      }
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const __m256i* isum = is[h];
+        const __m256i* isum2 = is2[h];
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(chunk + nbc * 512 + bi * 32 + h * 16)));
 #pragma GCC unroll 4
         for (int m = 0; m < MT; ++m) {
