@@ -2,8 +2,9 @@
 
 Run:  pytest benchmarks/test_bench_prompt.py --benchmark-only -s [-k q4_0]
 
-What the decoder runs for the rows of a prompt in its default (precise) mode: on AVX-512
-the folded vpdpbusd loop (activations "int8x2-prompt"); on AMX the three-bf16-product tile
+What the decoder runs for the rows of a prompt in its default (precise) mode: on AVX2 the
+int16 tiles (activations "int8x2-prompt"; the f32 tiles and the int8 loops beside them);
+on AVX-512 the folded vpdpbusd loop (activations "int8x2-prompt"); on AMX the three-bf16-product tile
 kernel (activations "f32", KernelTable::f32_prompts), with the int8x2 tile kernel, which
 gives the AVX-512 loop's bits, beside it. The fast mode's prompt kernels follow: int8
 activations on AVX-512, and on AMX x rounded to bf16 with two tile products
@@ -29,12 +30,15 @@ from conftest import ROWS
 SHAPES = [(2048, 2048), (5632, 2048), (2048, 5632), (4096, 4096)]  # (n, k): TinyLlama, LLaMA-7B
 FORMATS = ["q4_0", "q4_1", "q8_0", "q4_g128"]
 M, ROUNDS = 128, 9
-VARIANTS = [(isa, act) for isa, act in (("avx512", "int8x2-prompt"), ("amx", "int8x2-prompt"), ("amx", "f32"),
-                                         ("avx512", "int8"), ("amx", "bf16-prompt"))
-            if isa in le.available_isas()]
+_AVX512 = (("avx512", "int8x2-prompt"), ("amx", "int8x2-prompt"), ("amx", "f32"), ("avx512", "int8"),
+           ("amx", "bf16-prompt"))
+# Without AVX-512: the AVX2 int16 tiles (the prompt rows' kernel since session 19), the f32
+# tiles they replaced, and the fast mode's int8 panel loops.
+_AVX2 = (("avx2", "int8x2-prompt"), ("avx2", "f32"), ("avx2", "int8"))
+VARIANTS = [v for v in (_AVX512 if "avx512" in le.available_isas() else _AVX2) if v[0] in le.available_isas()]
 
 
-@pytest.mark.skipif(not VARIANTS, reason="no AVX-512 VNNI here: the prompt rows take the int8x2 panel loops")
+@pytest.mark.skipif(not VARIANTS, reason="no AVX2 here: the prompt rows take the scalar reference")
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("n,k", SHAPES, ids=[f"{n}x{k}" for n, k in SHAPES])

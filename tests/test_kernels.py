@@ -53,7 +53,9 @@ def gaussian_case(fmt: str, n: int, k: int):
 @pytest.mark.parametrize("fmt,n,k", CASES)
 def test_matmul_matches_scalar_reference(fmt, n, k, isa, nthreads, activations, threads):
     """int8x2-prompt (the decoder's prompt rows) is the int8x2 product through the many-row
-    kernels (AVX-512: eight rows per pass, then four, then one; M = 13 takes all three)."""
+    kernels (AVX-512: eight rows per pass, then four, then one; M = 13 takes all three.
+    AVX2: int16 tiles of 256 columns, six rows per pass; M = 13 and 17 leave one and five,
+    K = 4160 ends in a partial tile, n = 5 and 37 in a partial panel)."""
     le.set_num_threads(nthreads)
     data, xs, refs = gaussian_case(fmt, n, k)
     mat = le.PackedMatrix(data, fmt, k, isa=isa)
@@ -277,7 +279,7 @@ def test_integer_accumulation_is_exact(fmt, isa, rng, threads):
             np.testing.assert_array_equal(mat.matmul(x, precise=True), expected)
             continue
         np.testing.assert_array_equal(mat.matmul(x, precise=True), expected)  # residual is all zero here
-        # Prompt rows: AVX-512 folds both sums into 254·Σw·q + Σw·r and scales that by d/254,
+        # Prompt rows: AVX-512 and AVX2 fold both sums into 254·Σw·q + Σw·r and scale that by d/254,
         # one float rounding per block (1/254 is not a binary fraction): each block's term
         # within a few ulp of itself, so the error is bounded by Σ|term| · 2^-21.
         y = mat.matmul(x, activations="int8x2-prompt")

@@ -21,7 +21,7 @@ struct MatmulArgs {
   const uint16_t* xh = nullptr;  // [m, k] x rounded to f16, read instead of x when set
                                  // (dense f16 at decode: takes_f16_input, quantize.h)
   bool prompt = false;  // precise rows of a prompt: an ISA may take its many-row kernels
-                        // (Activations::Int8x2Prompt; AVX-512 and AMX do, the others ignore it)
+                        // (Activations::Int8x2Prompt; AVX2, AVX-512 and AMX do, scalar ignores it)
   const uint8_t* xs = nullptr;  // matmul_f32: x as the table's prepare_prompt_input laid it
                                 // out for all of [m, k], when the caller ran that step
   bool x_bf16 = false;  // matmul_f32: x may be rounded to bf16 (Activations::Bf16Prompt)
@@ -96,6 +96,9 @@ void attn_scores_q8_avx2(const float* q, const block_q8_0* k, int64_t stride, in
 void attn_mix_q8_avx2(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out);
 void swiglu_avx2(float* gate, const float* up, int64_t n);
 void gemm_tiles_avx2(const MatmulArgs& args, int64_t begin, int64_t end);    // gemm_tiles_avx2.cpp
+// Precise prompt rows (args.prompt) as int16 products; false (nothing done) when its
+// per-thread buffer could not be had. gemm_i16_avx2.cpp.
+bool gemm_i16_avx2(const MatmulArgs& args, int64_t begin, int64_t end);
 void gemm_tiles_avx512(const MatmulArgs& args, int64_t begin, int64_t end);  // gemm_tiles_avx512.cpp
 #endif
 

@@ -44,8 +44,9 @@ class LlamaModel {
  public:
   // Shapes must already be validated against cfg (the bindings do it, with messages).
   // precise: integer matmuls keep near-f32 accuracy: decode-sized steps use the
-  // activations' int8 residual (formats.h), prompt-sized segments f32 tiles where the ISA
-  // runs those faster (segment_is_prompt). Otherwise plain int8 activations, as llama.cpp.
+  // activations' int8 residual (formats.h), prompt-sized segments (segment_is_prompt) the
+  // same product through many-row kernels, or f32-grade tiles where the ISA runs those
+  // faster. Otherwise plain int8 activations, as llama.cpp.
   // kernels: the table the attention runs on (the matrices carry their own).
   // n_slots: independent sequences, each with its own KV cache of max_context tokens.
   LlamaModel(const ModelConfig& cfg, ModelWeights weights, KvCacheType kv, bool precise, const KernelTable& kernels,

@@ -9,8 +9,9 @@
 //
 // Why this exists: a prompt multiplies every weight by hundreds of activation rows, so
 // unpacking is paid once per tile and shared by all rows, and the arithmetic is then
-// plain f32 FMA: exact, and on AVX2 faster than the integer kernels' int8x2 path (which
-// does the integer work twice for its precision). Its scalar twin is matmul_ref with f32
+// plain f32 FMA: exact. The decoder's int8x2 prompts took these tiles on AVX2 until the
+// int16 tiles of gemm_i16_avx2.cpp (same structure, one vpmaddwd per two products) ran
+// 1.4x faster; integer weights come here for activations='f32'. Its scalar twin is matmul_ref with f32
 // activations (matmul_ref.cpp: dequantise the row, multiply in double). Dense rows come
 // here too: the row kernels convert each weight vector once per activation row or two
 // and ran at a half (AVX2) to a third (AVX-512) of this rate (benchmarks/NOTES.md).

@@ -393,6 +393,7 @@ void matmul_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
     default: break;
   }
   if (!a.panels) { matmul_ref(a, begin, end); return; }
+  if (a.prompt && a.precise && gemm_i16_avx2(a, begin, end)) return;
   const PanelLayout L = panel_layout(a.fmt, a.k);
   const int64_t nb = a.k / QK;
   constexpr int MT = 2;
@@ -644,7 +645,8 @@ void softmax_avx2(float* x, int64_t len) {
 const KernelTable& kernels_avx2() {
   static const KernelTable t{Isa::Avx2, "avx2", true, quantize_act_avx2, round_act_f16_avx2, matmul_avx2, read_checksum_avx2,
                              attn_scores_f32_avx2, attn_scores_f16_avx2, softmax_avx2, attn_mix_f32_avx2,
-                             attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx2, true, true, swiglu_avx2};
+                             attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx2,
+                             /*f32_prompts=*/false, /*dense_prompts=*/true, swiglu_avx2};
   return t;
 }
 
