@@ -54,7 +54,7 @@ def gaussian_case(fmt: str, n: int, k: int):
 def test_matmul_matches_scalar_reference(fmt, n, k, isa, nthreads, activations, threads):
     """int8x2-prompt (the decoder's prompt rows) is the int8x2 product through the many-row
     kernels (AVX-512: eight rows per pass, then four, then one; M = 13 takes all three.
-    AVX2: int16 tiles of 256 columns, six rows per pass; M = 13 and 17 leave one and five,
+    AVX2: int16 tiles of 256 columns, three rows per pass; M = 13 and 17 leave one and two,
     K = 4160 ends in a partial tile, n = 5 and 37 in a partial panel)."""
     le.set_num_threads(nthreads)
     data, xs, refs = gaussian_case(fmt, n, k)

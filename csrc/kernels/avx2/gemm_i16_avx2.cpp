@@ -15,7 +15,7 @@
 //   the code's offset already taken out (q − 8, q − z; q8_0 and q4_1 codes as they are),
 //   dw[kc/32][16] f32 block scales, and mw[kc/32][16] f32 block mins (q4_1).
 // Pairs are (e, e + 16) because a 4-bit code byte holds exactly those two elements.
-// Activations, per thread, six rows at a time (one micro-kernel call):
+// Activations, per thread, in blocks of six rows (two micro-kernel calls):
 //   xp[ceil(m/6)][nb·16][6] int32: the same pairs of 254·q + r,
 //   dx[ceil(m/6)][nb][6] f32: d2 (0 for the padding rows of the last six),
 //   sx[ceil(m/6)][nb][6] f32: d2·Σ(254·q + r) over the block (q4_1's min term).
@@ -28,7 +28,7 @@
 namespace linly {
 namespace {
 
-constexpr int kMr = 6;      // activation rows per micro-kernel call: 12 int32 sums in registers
+constexpr int kMr = 6;      // activation rows per packed block; the micro-kernel takes three
 constexpr int kKc = 256;    // tile columns: 8 KiB of int16 pairs, a quarter of L1d
 constexpr int kGroup = 16;  // tiles sharing a pass over K: y[:, 256 columns] stays in L2
 
@@ -123,21 +123,24 @@ void panel_to_i16(const uint8_t* panel, const PanelLayout& L, int64_t b0, int nb
 
 inline void pin(__m256i& v) { __asm__("" : "+x"(v)); }  // as in kernels_avx2.cpp: one chain per sum
 
-// y[MR][cols] (+)= the MR packed rows × the tile over nblk blocks. The hot loop of a
-// prompt: per pair column, two tile loads and MR broadcasts feed 2·MR vpmaddwd.
+// y[MR][cols] (+)= MR ≤ 3 packed rows (of a six-row block: x steps by kMr) × the tile
+// over nblk blocks. The hot loop of a prompt: per pair column, two tile loads and MR
+// broadcasts feed 2·MR vpmaddwd. Three rows, not six, so that the f32 sums (2·MR) stay
+// in registers beside the int32 ones (2·MR), the two weight vectors and the broadcast.
 template <int MR, bool MIN>
 void micro(const int32_t* xp, const float* dx, const float* sx, const int32_t* tile, const float* dw,
            const float* mw, int nblk, float* y, int64_t ldy, int cols, bool accumulate) {
-  alignas(32) float c[MR][16];  // the rows' sums so far, in L1 between blocks
   const bool whole = cols == 16;
+  __m256 c[MR][2];
+#pragma GCC unroll 3
   for (int r = 0; r < MR; ++r) {
     const bool from_y = accumulate && whole;
-    _mm256_store_ps(c[r], from_y ? _mm256_loadu_ps(y + r * ldy) : _mm256_setzero_ps());
-    _mm256_store_ps(c[r] + 8, from_y ? _mm256_loadu_ps(y + r * ldy + 8) : _mm256_setzero_ps());
+    c[r][0] = from_y ? _mm256_loadu_ps(y + r * ldy) : _mm256_setzero_ps();
+    c[r][1] = from_y ? _mm256_loadu_ps(y + r * ldy + 8) : _mm256_setzero_ps();
   }
   for (int bi = 0; bi < nblk; ++bi) {
     __m256i s[MR][2];
-#pragma GCC unroll 6
+#pragma GCC unroll 3
     for (int r = 0; r < MR; ++r) s[r][0] = s[r][1] = _mm256_setzero_si256();
     const int32_t* t = tile + bi * 16 * 16;
     const int32_t* x = xp + bi * 16 * kMr;
@@ -145,7 +148,7 @@ void micro(const int32_t* xp, const float* dx, const float* sx, const int32_t* t
     for (int j = 0; j < 16; ++j) {
       const __m256i w0 = _mm256_load_si256((const __m256i*)(t + j * 16));
       const __m256i w1 = _mm256_load_si256((const __m256i*)(t + j * 16 + 8));
-#pragma GCC unroll 6
+#pragma GCC unroll 3
       for (int r = 0; r < MR; ++r) {
         const __m256i a = _mm256_set1_epi32(x[j * kMr + r]);
         // |pair sum| ≤ 2·127·32385 and 16 of them: far inside int32.
@@ -156,41 +159,47 @@ void micro(const int32_t* xp, const float* dx, const float* sx, const int32_t* t
       }
     }
     const __m256 d0 = _mm256_load_ps(dw + bi * 16), d1 = _mm256_load_ps(dw + bi * 16 + 8);
-#pragma GCC unroll 6
+#pragma GCC unroll 3
     for (int r = 0; r < MR; ++r) {
       const __m256 xs = _mm256_broadcast_ss(dx + bi * kMr + r);
-      __m256 c0 = _mm256_fmadd_ps(_mm256_mul_ps(d0, xs), _mm256_cvtepi32_ps(s[r][0]), _mm256_load_ps(c[r]));
-      __m256 c1 = _mm256_fmadd_ps(_mm256_mul_ps(d1, xs), _mm256_cvtepi32_ps(s[r][1]), _mm256_load_ps(c[r] + 8));
+      c[r][0] = _mm256_fmadd_ps(_mm256_mul_ps(d0, xs), _mm256_cvtepi32_ps(s[r][0]), c[r][0]);
+      c[r][1] = _mm256_fmadd_ps(_mm256_mul_ps(d1, xs), _mm256_cvtepi32_ps(s[r][1]), c[r][1]);
       if (MIN) {
         const __m256 sm = _mm256_broadcast_ss(sx + bi * kMr + r);
-        c0 = _mm256_fmadd_ps(_mm256_load_ps(mw + bi * 16), sm, c0);
-        c1 = _mm256_fmadd_ps(_mm256_load_ps(mw + bi * 16 + 8), sm, c1);
+        c[r][0] = _mm256_fmadd_ps(_mm256_load_ps(mw + bi * 16), sm, c[r][0]);
+        c[r][1] = _mm256_fmadd_ps(_mm256_load_ps(mw + bi * 16 + 8), sm, c[r][1]);
       }
-      _mm256_store_ps(c[r], c0);
-      _mm256_store_ps(c[r] + 8, c1);
     }
   }
+#pragma GCC unroll 3
   for (int r = 0; r < MR; ++r) {
     float* yr = y + r * ldy;
     if (whole) {
-      _mm256_storeu_ps(yr, _mm256_load_ps(c[r]));
-      _mm256_storeu_ps(yr + 8, _mm256_load_ps(c[r] + 8));
+      _mm256_storeu_ps(yr, c[r][0]);
+      _mm256_storeu_ps(yr + 8, c[r][1]);
     } else {
-      for (int j = 0; j < cols; ++j) yr[j] = accumulate ? yr[j] + c[r][j] : c[r][j];
+      alignas(32) float t[16];
+      _mm256_store_ps(t, c[r][0]);
+      _mm256_store_ps(t + 8, c[r][1]);
+      for (int j = 0; j < cols; ++j) yr[j] = accumulate ? yr[j] + t[j] : t[j];
     }
   }
 }
 
+// Rows [0, mr) of a six-row block, three at a time.
 template <bool MIN>
 void micro_rows(int mr, const int32_t* xp, const float* dx, const float* sx, const int32_t* tile, const float* dw,
                 const float* mw, int nblk, float* y, int64_t ldy, int cols, bool accumulate) {
-  switch (mr) {
-    case 6: micro<6, MIN>(xp, dx, sx, tile, dw, mw, nblk, y, ldy, cols, accumulate); break;
-    case 5: micro<5, MIN>(xp, dx, sx, tile, dw, mw, nblk, y, ldy, cols, accumulate); break;
-    case 4: micro<4, MIN>(xp, dx, sx, tile, dw, mw, nblk, y, ldy, cols, accumulate); break;
-    case 3: micro<3, MIN>(xp, dx, sx, tile, dw, mw, nblk, y, ldy, cols, accumulate); break;
-    case 2: micro<2, MIN>(xp, dx, sx, tile, dw, mw, nblk, y, ldy, cols, accumulate); break;
-    default: micro<1, MIN>(xp, dx, sx, tile, dw, mw, nblk, y, ldy, cols, accumulate); break;
+  for (int r0 = 0; r0 < mr; r0 += 3) {
+    const int n = mr - r0 < 3 ? mr - r0 : 3;
+    const int32_t* x = xp + r0;
+    const float *d = dx + r0, *s = sx + r0;
+    float* yr = y + r0 * ldy;
+    switch (n) {
+      case 3: micro<3, MIN>(x, d, s, tile, dw, mw, nblk, yr, ldy, cols, accumulate); break;
+      case 2: micro<2, MIN>(x, d, s, tile, dw, mw, nblk, yr, ldy, cols, accumulate); break;
+      default: micro<1, MIN>(x, d, s, tile, dw, mw, nblk, yr, ldy, cols, accumulate); break;
+    }
   }
 }
 
