@@ -96,11 +96,13 @@ inline void store_rows(float* y, __m256 v, int rows) {  // rows: how many of the
 // One core's hardware prefetcher alone does not keep enough lines in flight to reach
 // the memory bandwidth while the ALUs unpack nibbles; asking for the lines a few blocks
 // ahead does. Reading past the panel's end only touches the next panel (or is dropped).
-// Into L2, 8 KiB ahead, for the panels and the dense rows alike. On Zen 3, L2 at 1-8 KiB
-// were level within the noise (none lost ~10 % of bandwidth); on Zen 4 under LINLY_ISA=avx2,
-// alternating token by token in one process, 8 KiB decoded a 1.1B-shaped q4_0 model 4 %
-// faster than 4 KiB (16 KiB: 3.6 %), and f16 4 % faster than the L1 4 KiB dense rows had.
-constexpr int kPrefetchBytes = 8192;
+// Into L2, 2 KiB ahead (about one core's bandwidth × DRAM latency), for the panels and the
+// dense rows alike. This table runs on CPUs without AVX-512; on the AVX2-only Zen 3, in
+// test_bench_matmul.py at M = 1 over six shapes, two runs each, 2 KiB read 3-6 points of
+// the measured bandwidth more than 8 KiB for q4_0, q4_1 and q8_0 at 1 and 2 threads
+// (q4_1 2 threads 89-92 % against 86-88 %), and 1 and 4 KiB no better than 2 (session 19).
+// Zen 4 under LINLY_ISA=avx2 had favoured 8 KiB over 4 KiB by 4 % (session 13).
+constexpr int kPrefetchBytes = 2048;
 inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
   for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), _MM_HINT_T1);
 }
