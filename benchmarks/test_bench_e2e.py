@@ -7,7 +7,9 @@ and a random model of TinyLlama-1.1B's shape (22 layers, dim 2048, 32 heads, 4 K
 FFN 5632, vocab 32000) written here as GGUF in q4_0, q8_0 and f16. Each engine runs the
 same GGUF file side by side in this run: linly-engine, llama.cpp through llama-cpp-python
 (when installed) and transformers on torch (f32 weights dequantised from the same file;
-torch has no int4 CPU path). Numbers are never asserted. The measurements are
+torch has no int4 CPU path). One row differs on purpose: tiny1.1b-mix4 is linly on the
+same random model in its `mix4` packing (fewer bytes per token than Q4_0) against
+llama.cpp on the Q4_0 GGUF, issue 7's "fewer bytes at the same quality" comparison. Numbers are never asserted. The measurements are
 linly_engine.bench's (the code behind `linly bench`): the engines compared take turns for
 three rounds in one process, and ratios are the median of the per-round ratios, since the
 neighbours' load on a shared machine drifts by tens of per cent within minutes.
@@ -77,6 +79,24 @@ def write_tiny_gguf(path: Path, fmt: str) -> Path:
     return path
 
 
+def write_tiny_mix4(root: Path) -> Path:
+    """The same random model (same seed, through an f16 GGUF) converted as `linly convert
+    --quant mix4` would: q4_g128 matrices (4.25 bits per weight), the embedding/head in
+    q4_g32. Rounded to nearest, not calibrated: calibration on a random model means
+    nothing, and it changes the values stored, not their bytes or the decode speed. The
+    quality side of the mix is the quality table of README.md (real models)."""
+    from linly_engine.formats.packed import write_packed
+    from linly_engine.model import load_checkpoint
+
+    src = write_tiny_gguf(root / "tiny1.1b-f16-for-mix4.gguf", "f16")
+    out = root / "tiny1.1b-mix4.linly"
+    try:
+        write_packed(load_checkpoint(src), out, "mix4")
+    finally:
+        src.unlink()
+    return out
+
+
 def requantize_q4_0(src: Path, out: Path) -> Path:
     """SmolLM2's Q4_1 file requantised to Q4_0 (every matrix, embedding included) by
     llama.cpp's own quantiser, so that both engines read the same Q4_0 bytes."""
@@ -105,9 +125,14 @@ def models(tmp_path_factory):
             if name not in cache:  # smollm2-q4_0: the same model requantised, one file for both engines
                 cache[name] = requantize_q4_0(path, root / "smollm2-q4_0.gguf")
             return cache[name]
+        if name == "tiny1.1b-mix4":  # linly's mix4 file; llama.cpp's side of the row is the q4_0 GGUF
+            q4_0 = get("tiny1.1b-q4_0")
+            if name not in cache:
+                cache[name] = write_tiny_mix4(root)
+            return cache[name], q4_0
         fmt = name.split("-")[1]
         if name not in cache:
-            for old in [k for k in cache if k.startswith("tiny")]:  # one big file at a time on disk
+            for old in [k for k in cache if k.startswith("tiny")]:  # one big model at a time on disk
                 cache.pop(old).unlink(missing_ok=True)
             cache[name] = write_tiny_gguf(root / f"{name}.gguf", fmt)
         return cache[name]
@@ -118,15 +143,16 @@ def models(tmp_path_factory):
 ROUNDS = 3
 
 
-def runners(group: str, path: Path, threads: int) -> dict[str, bench.Runner]:
+def runners(group: str, path: Path, threads: int, peer_path: Path | None = None) -> dict[str, bench.Runner]:
     """The engines measured together, linly first. linly: the default int8x2 activations
     (int8 + residual: near-f32 accuracy); linly-int8: int8 activations, the precision
     llama.cpp uses; transformers: f32 weights dequantised from the same file (torch has no
-    int4 CPU path); transformers-bf16: bf16 weights and arithmetic."""
+    int4 CPU path); transformers-bf16: bf16 weights and arithmetic. peer_path: the file the
+    peers read when it is not linly's (the mix4 row: llama.cpp on the Q4_0 GGUF)."""
     if group == "llama.cpp":
         pytest.importorskip("llama_cpp")
         peers = {"linly-int8": lambda: bench.linly_runner(path, threads, PROMPT, STEPS, "int8")[0],
-                 "llama.cpp": lambda: bench.llama_cpp_runner(path, threads, PROMPT, STEPS)}
+                 "llama.cpp": lambda: bench.llama_cpp_runner(peer_path or path, threads, PROMPT, STEPS)}
     else:
         pytest.importorskip("torch")
         pytest.importorskip("transformers")
@@ -135,7 +161,7 @@ def runners(group: str, path: Path, threads: int) -> dict[str, bench.Runner]:
     return {"linly": bench.linly_runner(path, threads, PROMPT, STEPS)[0]} | {k: make() for k, make in peers.items()}
 
 
-MODELS = ["smollm2", "smollm2-q4_0", "tiny1.1b-q4_0", "tiny1.1b-q8_0", "tiny1.1b-f16"]
+MODELS = ["smollm2", "smollm2-q4_0", "tiny1.1b-q4_0", "tiny1.1b-mix4", "tiny1.1b-q8_0", "tiny1.1b-f16"]
 
 
 @pytest.mark.parametrize("group", ["llama.cpp", "transformers"])
@@ -146,8 +172,10 @@ def test_e2e(benchmark, models, model, threads, group):
     medians per engine, and linly's ratio to each peer as the median of the rounds' ratios."""
     if group == "transformers" and model.startswith("tiny") and model != "tiny1.1b-f16":
         pytest.skip("transformers multiplies dense weights whatever the file's format: the f16 file's row stands for all")
-    path = models(model)
-    engines = runners(group, path, threads)
+    path, peer_path = models(model), None
+    if isinstance(path, tuple):  # tiny1.1b-mix4: (linly's file, the peers' Q4_0 GGUF)
+        path, peer_path = path
+    engines = runners(group, path, threads, peer_path)
     runs = {}
 
     def once():

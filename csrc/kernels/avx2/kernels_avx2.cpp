@@ -102,9 +102,15 @@ inline void store_rows(float* y, __m256 v, int rows) {  // rows: how many of the
 // the measured bandwidth more than 8 KiB for q4_0, q4_1 and q8_0 at 1 and 2 threads
 // (q4_1 2 threads 89-92 % against 86-88 %), and 1 and 4 KiB no better than 2 (session 19).
 // Zen 4 under LINLY_ISA=avx2 had favoured 8 KiB over 4 KiB by 4 % (session 13).
+// A group format's chunk is 1-4 KiB of codes and then their records, which the chunk's
+// first block needs: 2 KiB ahead, each q4_g128 chunk began with a DRAM miss (GEMV on one
+// thread: 57-63 % of the read bandwidth). Those formats read a chunk plus 2 KiB ahead:
+// q4_g128 86-87 %, q4_g64 83-86 % (Zen 3, session 20; a separate prefetch of the next
+// chunk's records instead reached 70-79 %).
 constexpr int kPrefetchBytes = 2048;
+template <int D = kPrefetchBytes>
 inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
-  for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + kPrefetchBytes + o), _MM_HINT_T1);
+  for (int o = 0; o < block_bytes; o += 64) _mm_prefetch((const char*)(q + D + o), _MM_HINT_T1);
 }
 
 // GCC reassociates a block's integer sums into a tree over all its products and spills
@@ -113,9 +119,20 @@ inline void prefetch_ahead(const uint8_t* q, int block_bytes) {
 // one dependency chain. Integer addition: the result is the same either way.
 inline void pin(__m256i& v) { __asm__("" : "+x"(v)); }
 
+// Precise mode's activation block is x ≈ d·q + d2·r with d2 = d/254 (to an ulp), so
+// x ≈ d2·(254·q + r): one int32 per weight row holds 254·(codes·q) + codes·r exactly
+// (|254·q + r| ≤ 32385), and a block costs one convert and one FMA instead of two of
+// each. act_scale is the float value of one integer unit, act_sum the block's Σx in units.
+template <bool HI> inline float act_scale(const block_q8_act& a) { return HI ? a.d2 : a.d; }
+template <bool HI> inline int32_t act_sum(const block_q8_act& a) { return HI ? 254 * a.s + a.s2 : a.s; }
+
 // One 16-row panel of a 4-bit format against MT activation rows. The hot loop of
 // decode: every weight byte of the model passes through here once per token.
 // Each half (8 rows) is one ymm of 8 int32 lanes, one lane per weight row.
+// Group formats subtract their zero points once per group, in float, from Σ scale·sum
+// over the group's blocks: per block that leaves the codes' dot alone (the per-block
+// integer zero term, a vpmulld and a subtract per row half, was a third of the q4_g128
+// loop's samples in perf, which ran at 20.6 GB/s from L3 on Zen 3 against 21.6 for q4_0).
 template <Format F, int MT, bool HI>
 void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
               float* const* ys, int rows) {
@@ -123,7 +140,7 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
   constexpr int SUB = panel_group_blocks(F), CB = panel_chunk_blocks(F);  // panel.h
   constexpr int RB = panel_record_bytes(F), PER = panel_chunk_bytes(F) / CB;
   const __m256i low4 = _mm256_set1_epi8(0x0f);
-  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1), k254 = _mm256_set1_epi16(254);
   __m256 acc[2][MT];
 #pragma GCC unroll 2
   for (int h = 0; h < 2; ++h)
@@ -132,69 +149,76 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
 
   for (int64_t c0 = 0; c0 < nb; c0 += CB) {  // chunks: CB blocks' codes, then their records
     const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
-    const int nbc = L.blocks_in_chunk(c0);
-    for (int bi = 0; bi < nbc; ++bi) {
-      const int64_t b = c0 + bi;
-      const uint8_t* q = chunk + bi * 256;
-      const uint8_t* rec = chunk + nbc * 256 + bi / SUB * RB;
-      prefetch_ahead(chunk + bi * PER, PER);  // the block's share of the chunk's lines
-      // Both halves of each 64-byte line in one pass: the block is read line by line, in
-      // order, and each activation broadcast feeds both halves.
-      __m256i ps[2][MT], ps2[2][MT];  // ps2: the activation residual's dot (HI only)
+    const int nbc = L.blocks_in_chunk(c0);  // a multiple of SUB: K is a multiple of G
+    for (int g0 = 0; g0 < nbc; g0 += SUB) {  // groups sharing one scale record
+      const uint8_t* rec = chunk + nbc * 256 + g0 / SUB * RB;
+      const __m256 d[2] = {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)rec)),
+                           _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + 16)))};
+      float zsum[MT] = {};  // G: Σ act_scale·act_sum over the group's blocks
+#pragma GCC unroll 4
+      for (int j = 0; j < SUB; ++j) {
+        const int bi = g0 + j;
+        const int64_t b = c0 + bi;
+        const uint8_t* q = chunk + bi * 256;
+        prefetch_ahead<G ? panel_chunk_bytes(F) + kPrefetchBytes : kPrefetchBytes>(chunk + bi * PER, PER);
+        // Both halves of each 64-byte line in one pass: the block is read line by line, in
+        // order, and each activation broadcast feeds both halves.
+        __m256i ps[2][MT], ps2[2][MT];  // ps2: the activation residual's dot (HI only)
 #pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h)
+        for (int h = 0; h < 2; ++h)
 #pragma GCC unroll 4
-        for (int m = 0; m < MT; ++m) ps[h][m] = ps2[h][m] = _mm256_setzero_si256();
+          for (int m = 0; m < MT; ++m) ps[h][m] = ps2[h][m] = _mm256_setzero_si256();
 #pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) {
+        for (int v = 0; v < 4; ++v) {
 #pragma GCC unroll 2
-        for (int h = 0; h < 2; ++h) {
-          const __m256i raw = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
-          const __m256i lo = _mm256_and_si256(raw, low4);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i*)(q + v * 64 + h * 32));
+            const __m256i lo = _mm256_and_si256(raw, low4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
 #pragma GCC unroll 4
-          for (int m = 0; m < MT; ++m) {
-            const int32_t* xw = (const int32_t*)xs[m][b].qs;
-            // u8 code × s8 activation: |pair sum| ≤ 2·15·127, eight of them fit in int16.
-            ps[h][m] = _mm256_add_epi16(ps[h][m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xw[v])));
-            ps[h][m] = _mm256_add_epi16(ps[h][m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xw[4 + v])));
-            pin(ps[h][m]);
-            if (HI) {
-              const int32_t* rw = (const int32_t*)xs[m][b].r;
-              ps2[h][m] = _mm256_add_epi16(ps2[h][m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(rw[v])));
-              ps2[h][m] = _mm256_add_epi16(ps2[h][m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(rw[4 + v])));
-              pin(ps2[h][m]);
+            for (int m = 0; m < MT; ++m) {
+              const int32_t* xw = (const int32_t*)xs[m][b].qs;
+              // u8 code × s8 activation: |pair sum| ≤ 2·15·127, eight of them fit in int16.
+              ps[h][m] = _mm256_add_epi16(ps[h][m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xw[v])));
+              ps[h][m] = _mm256_add_epi16(ps[h][m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xw[4 + v])));
+              pin(ps[h][m]);
+              if (HI) {
+                const int32_t* rw = (const int32_t*)xs[m][b].r;
+                ps2[h][m] = _mm256_add_epi16(ps2[h][m], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(rw[v])));
+                ps2[h][m] = _mm256_add_epi16(ps2[h][m], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(rw[4 + v])));
+                pin(ps2[h][m]);
+              }
             }
           }
         }
-      }
 #pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h) {
-        const __m256i* p = ps[h];
-        const __m256i* p2 = ps2[h];
-        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + h * 16)));
+        for (int h = 0; h < 2; ++h) {
 #pragma GCC unroll 4
-        for (int m = 0; m < MT; ++m) {
-          const block_q8_act& a = xs[m][b];
-          __m256i isum = _mm256_madd_epi16(p[m], ones);
-          __m256i isum2 = HI ? _mm256_madd_epi16(p2[m], ones) : isum;
-          if (F == Format::Q4_0) {
-            isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * a.s));
-            if (HI) isum2 = _mm256_sub_epi32(isum2, _mm256_set1_epi32(8 * a.s2));
+          for (int m = 0; m < MT; ++m) {
+            const block_q8_act& a = xs[m][b];
+            // 254·|Σ ps| ≤ 254·2·30480 per lane: int32.
+            __m256i isum = HI ? _mm256_add_epi32(_mm256_madd_epi16(ps[h][m], k254), _mm256_madd_epi16(ps2[h][m], ones))
+                              : _mm256_madd_epi16(ps[h][m], ones);
+            if (F == Format::Q4_0) isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * act_sum<HI>(a)));
+            acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d[h], _mm256_set1_ps(act_scale<HI>(a))),
+                                        _mm256_cvtepi32_ps(isum), acc[h][m]);
+            if (F == Format::Q4_1) {
+              const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + 32 + h * 16)));
+              acc[h][m] = _mm256_fmadd_ps(mn, _mm256_set1_ps(act_scale<HI>(a) * (float)act_sum<HI>(a)), acc[h][m]);
+            }
           }
-          if (G) {
-            const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(rec + 32 + h * 8)));
-            isum = _mm256_sub_epi32(isum, _mm256_mullo_epi32(z, _mm256_set1_epi32(a.s)));
-            if (HI) isum2 = _mm256_sub_epi32(isum2, _mm256_mullo_epi32(z, _mm256_set1_epi32(a.s2)));
-          }
-          acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a.d)), _mm256_cvtepi32_ps(isum), acc[h][m]);
-          if (HI)
-            acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a.d2)), _mm256_cvtepi32_ps(isum2), acc[h][m]);
-          if (F == Format::Q4_1) {
-            const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + 32 + h * 16)));
-            acc[h][m] = _mm256_fmadd_ps(mn, _mm256_set1_ps(a.d * (float)a.s), acc[h][m]);
-            if (HI) acc[h][m] = _mm256_fmadd_ps(mn, _mm256_set1_ps(a.d2 * (float)a.s2), acc[h][m]);
-          }
+        }
+        if (G)
+#pragma GCC unroll 4
+          for (int m = 0; m < MT; ++m) zsum[m] += act_scale<HI>(xs[m][b]) * (float)act_sum<HI>(xs[m][b]);
+      }
+      if (G) {
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+          const __m256 z = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(rec + 32 + h * 8))));
+          const __m256 dz = _mm256_mul_ps(d[h], z);
+#pragma GCC unroll 4
+          for (int m = 0; m < MT; ++m) acc[h][m] = _mm256_fnmadd_ps(dz, _mm256_set1_ps(zsum[m]), acc[h][m]);
         }
       }
     }
@@ -209,7 +233,7 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
 template <int MT, bool HI>
 void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
               float* const* ys, int rows) {
-  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1), k254 = _mm256_set1_epi16(254);
   __m256 acc[2][MT];
   for (int h = 0; h < 2; ++h)
     for (int m = 0; m < MT; ++m) acc[h][m] = _mm256_setzero_ps();
@@ -222,11 +246,12 @@ void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
       const uint8_t* q = chunk + bi * 512;
       prefetch_ahead(chunk + bi * PER, PER);
       // Both halves of each 64-byte line in one pass (the block read line by line, in order).
-      __m256i is[2][MT], is2[2][MT];
+      // Precise mode adds 254·(w·q) and w·r into one int32 (act_scale): ≤ 8·2·32258·255.
+      __m256i is[2][MT];
 #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h)
 #pragma GCC unroll 4
-        for (int m = 0; m < MT; ++m) is[h][m] = is2[h][m] = _mm256_setzero_si256();
+        for (int m = 0; m < MT; ++m) is[h][m] = _mm256_setzero_si256();
 #pragma GCC unroll 8
       for (int v = 0; v < 8; ++v) {
 #pragma GCC unroll 2
@@ -237,29 +262,22 @@ void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
           for (int m = 0; m < MT; ++m) {
             // Sign trick: |w| · (x·sign w) = w·x with an unsigned first operand for maddubs.
             const __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(((const int32_t*)xs[m][b].qs)[v]), w);
-            is[h][m] = _mm256_add_epi32(is[h][m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
-            pin(is[h][m]);
+            is[h][m] = _mm256_add_epi32(is[h][m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), HI ? k254 : ones));
             if (HI) {
               const __m256i sr = _mm256_sign_epi8(_mm256_set1_epi32(((const int32_t*)xs[m][b].r)[v]), w);
-              is2[h][m] = _mm256_add_epi32(is2[h][m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sr), ones));
-              pin(is2[h][m]);
+              is[h][m] = _mm256_add_epi32(is[h][m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sr), ones));
             }
+            pin(is[h][m]);
           }
         }
       }
 #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {
-        const __m256i* isum = is[h];
-        const __m256i* isum2 = is2[h];
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(chunk + nbc * 512 + bi * 32 + h * 16)));
 #pragma GCC unroll 4
-        for (int m = 0; m < MT; ++m) {
-          acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xs[m][b].d)), _mm256_cvtepi32_ps(isum[m]),
-                                      acc[h][m]);
-          if (HI)
-            acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xs[m][b].d2)), _mm256_cvtepi32_ps(isum2[m]),
-                                        acc[h][m]);
-        }
+        for (int m = 0; m < MT; ++m)
+          acc[h][m] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(act_scale<HI>(xs[m][b]))),
+                                      _mm256_cvtepi32_ps(is[h][m]), acc[h][m]);
       }
     }
   }
