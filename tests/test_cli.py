@@ -158,3 +158,26 @@ def test_bench_prints_a_table_and_writes_json(chat_model_folder, tmp_path):
     assert "linly/transformers:" in text
     r = run(["bench", str(chat_model_folder), "--threads", "0"])
     assert r.returncode == 1 and "--threads" in r.stderr.decode()
+
+
+def test_bench_peer_model_gives_the_peers_another_file(chat_model_folder, tmp_path):
+    # A packed file converted from a folder has no GGUF or folder behind it that a peer can
+    # read; --peer-model hands the peers the folder (as for mix4 against a Q4_0 GGUF).
+    packed = tmp_path / "m.linly"
+    r = run(["convert", str(chat_model_folder), str(packed), "--quant", "q4_g32"])
+    assert r.returncode == 0, r.stderr.decode()
+    out = tmp_path / "bench.json"
+    args = ["bench", str(packed), "--threads", "1", "--prompt", "8", "--gen", "4", "--repeat", "1", "--vs", "transformers"]
+    r = run(args)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "transformers skipped" in r.stdout.decode()
+    r = run(args + ["--peer-model", str(chat_model_folder), "--json", str(out)])
+    assert r.returncode == 0, r.stderr.decode()
+    assert "linly/transformers:" in r.stdout.decode()
+    result = json.loads(out.read_text())
+    assert result["peer_model"] == str(chat_model_folder) and result["model"] == str(packed)
+    assert [row["engine"] for row in result["rows"]] == ["linly", "transformers"]
+    r = run(["bench", str(packed), "--peer-model", str(chat_model_folder)])
+    assert r.returncode == 1 and "--vs" in r.stderr.decode()
+    r = run(args + ["--peer-model", str(tmp_path / "missing.gguf")])
+    assert r.returncode == 1 and "missing.gguf does not exist" in r.stderr.decode()

@@ -166,26 +166,36 @@ def _peer_runner(peer: str, path: Path, threads: int, prompt: int, gen: int) -> 
         gguf = source_gguf(path)
         if gguf is None:
             raise ValueError("llama.cpp needs a GGUF: pass the .gguf, or a .linly converted from one "
-                             "that is still in place")
+                             "that is still in place, or name a GGUF with --peer-model")
         return llama_cpp_runner(gguf, threads, prompt, gen)
     if peer in ("transformers", "transformers-bf16"):
-        return transformers_runner(path if path.is_dir() else (source_gguf(path) or path), threads, prompt, gen,
-                                   "bfloat16" if peer.endswith("bf16") else "float32")
+        src = path if path.is_dir() else source_gguf(path)
+        if src is None:  # transformers would fail deep inside on the engine's own tensor types
+            raise ValueError(f"transformers reads a model folder or a plain GGUF, not {path.name}: pass the folder "
+                             "or GGUF it was converted from with --peer-model")
+        return transformers_runner(src, threads, prompt, gen, "bfloat16" if peer.endswith("bf16") else "float32")
     raise ValueError(f"unknown peer '{peer}' (llama.cpp, transformers, transformers-bf16)")
 
 
 def run(path: Path, threads: list[int], prompt: int, gen: int, repeat: int, vs: list[str],
-        log: Callable[[str], None] = print, device: str = "cpu") -> dict:
+        log: Callable[[str], None] = print, device: str = "cpu", peer_path: Path | None = None) -> dict:
     """Every engine × thread count, the engines of one thread count taking turns for
     `repeat` rounds (`interleaved`); returns {"bandwidth_gb_s": {threads: GB/s}, "rows": [...]}
     with each peer's row holding linly's paired ratios to it. device="cuda" measures the
     GPU decoder against the device's copy bandwidth (bytes read plus written); the peers
-    run on the CPU, so they are not compared with it."""
+    run on the CPU, so they are not compared with it. peer_path: the model the peers run
+    instead of `path` (linly on a mix4 .linly against llama.cpp on the Q4_0 GGUF of the
+    same model: fewer bytes per token against the common format)."""
     import linly_engine as le
 
     if device == "cuda" and vs:
         raise ValueError("--vs compares engines on the CPU; for the GPU decoder against transformers on the GPU "
                          "use benchmarks/gpu/bench_decode.py")
+    if peer_path is not None:
+        if not vs:
+            raise ValueError("--peer-model names the file the peers run: give the peers with --vs too")
+        if not peer_path.exists():
+            raise FileNotFoundError(f"--peer-model {peer_path} does not exist")
     rows: list[Result] = []
     bandwidth: dict[int, float] = {}
     for t in threads:
@@ -199,7 +209,7 @@ def run(path: Path, threads: list[int], prompt: int, gen: int, repeat: int, vs: 
         runners: dict[str, Runner] = {"linly": linly_once}
         for peer in vs:
             try:
-                runners[peer] = _peer_runner(peer, path, t, prompt, gen)
+                runners[peer] = _peer_runner(peer, peer_path or path, t, prompt, gen)
             except ImportError as e:
                 log(f"{peer:<12} skipped: {e.name or e} is not installed")
             except (ValueError, OSError) as e:
@@ -218,7 +228,7 @@ def run(path: Path, threads: list[int], prompt: int, gen: int, repeat: int, vs: 
             rows.append(Result(peer, t, pp2, tg2, linly_prefill_ratio=rpp, linly_decode_ratio=rtg))
             log(f"{peer:<12} threads={t}: prefill {pp2:8.1f} tok/s, decode {tg2:7.1f} tok/s "
                 f"(linly/{peer}: {rpp:.2f}x / {rtg:.2f}x)")
-    return {"model": str(path), "prompt": prompt, "gen": gen, "repeat": repeat,
+    return {"model": str(path), "peer_model": str(peer_path or path), "prompt": prompt, "gen": gen, "repeat": repeat,
             "bandwidth_gb_s": bandwidth, "rows": [r.row() for r in rows]}
 
 

@@ -22,7 +22,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         import linly_engine as le
 
         le.cuda.require()
-    result = bench.run(path, threads, args.prompt, args.gen, args.repeat, vs, device=args.device)
+    result = bench.run(path, threads, args.prompt, args.gen, args.repeat, vs, device=args.device,
+                       peer_path=Path(args.peer_model) if args.peer_model else None)
     rows = result["rows"]
     # Ratios read "linly is N× the peer" (above 1: linly faster), per thread count.
     print(f"\n{'engine':<18}{'threads':>7}{'prefill tok/s':>15}{'decode tok/s':>14}{'GB/s':>8}{'% of read bw':>14}"
@@ -54,6 +55,9 @@ def add_parser(sub) -> None:
     p.add_argument("--repeat", type=int, default=3,
                    help="rounds, each running every engine once in turn; medians reported, ratios paired per round")
     p.add_argument("--vs", default="", help="peers to run side by side: llama.cpp,transformers,transformers-bf16")
+    p.add_argument("--peer-model", default=None,
+                   help="the file the --vs peers run instead of MODEL, e.g. llama.cpp on model-q4_0.gguf against "
+                        "MODEL converted with --quant mix4 (default: MODEL, or the GGUF it was converted from)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cpu (default) or cuda: the GPU decoder, against the device's copy bandwidth")
     p.add_argument("--json", default=None, help="write the results as JSON here")
