@@ -9,10 +9,11 @@ same GGUF file side by side in this run: linly-engine, llama.cpp through llama-c
 (when installed) and transformers on torch (f32 weights dequantised from the same file;
 torch has no int4 CPU path). One row differs on purpose: tiny1.1b-mix4 is linly on the
 same random model in its `mix4` packing (fewer bytes per token than Q4_0) against
-llama.cpp on the Q4_0 GGUF, issue 7's "fewer bytes at the same quality" comparison. Numbers are never asserted. The measurements are
-linly_engine.bench's (the code behind `linly bench`): the engines compared take turns for
-three rounds in one process, and ratios are the median of the per-round ratios, since the
-neighbours' load on a shared machine drifts by tens of per cent within minutes.
+llama.cpp on the Q4_0 GGUF, issue 7's "fewer bytes at the same quality" comparison
+(PEER_MODEL). Numbers are never asserted. The measurements are linly_engine.bench's (the
+code behind `linly bench`): the engines compared take turns for three rounds in one
+process, and ratios are the median of the per-round ratios, since the neighbours' load on
+a shared machine drifts by tens of per cent within minutes.
 """
 
 from __future__ import annotations
@@ -125,11 +126,10 @@ def models(tmp_path_factory):
             if name not in cache:  # smollm2-q4_0: the same model requantised, one file for both engines
                 cache[name] = requantize_q4_0(path, root / "smollm2-q4_0.gguf")
             return cache[name]
-        if name == "tiny1.1b-mix4":  # linly's mix4 file; llama.cpp's side of the row is the q4_0 GGUF
-            q4_0 = get("tiny1.1b-q4_0")
+        if name == "tiny1.1b-mix4":  # kept beside the q4_0 GGUF, its peers' file (PEER_MODEL)
             if name not in cache:
                 cache[name] = write_tiny_mix4(root)
-            return cache[name], q4_0
+            return cache[name]
         fmt = name.split("-")[1]
         if name not in cache:
             for old in [k for k in cache if k.startswith("tiny")]:  # one big model at a time on disk
@@ -162,6 +162,7 @@ def runners(group: str, path: Path, threads: int, peer_path: Path | None = None)
 
 
 MODELS = ["smollm2", "smollm2-q4_0", "tiny1.1b-q4_0", "tiny1.1b-mix4", "tiny1.1b-q8_0", "tiny1.1b-f16"]
+PEER_MODEL = {"tiny1.1b-mix4": "tiny1.1b-q4_0"}  # the peers run this model's file instead of linly's
 
 
 @pytest.mark.parametrize("group", ["llama.cpp", "transformers"])
@@ -172,9 +173,8 @@ def test_e2e(benchmark, models, model, threads, group):
     medians per engine, and linly's ratio to each peer as the median of the rounds' ratios."""
     if group == "transformers" and model.startswith("tiny") and model != "tiny1.1b-f16":
         pytest.skip("transformers multiplies dense weights whatever the file's format: the f16 file's row stands for all")
-    path, peer_path = models(model), None
-    if isinstance(path, tuple):  # tiny1.1b-mix4: (linly's file, the peers' Q4_0 GGUF)
-        path, peer_path = path
+    peer_path = models(PEER_MODEL[model]) if model in PEER_MODEL else None  # first: it evicts other tiny files
+    path = models(model)
     engines = runners(group, path, threads, peer_path)
     runs = {}
 

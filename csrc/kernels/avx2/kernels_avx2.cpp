@@ -122,9 +122,11 @@ inline void pin(__m256i& v) { __asm__("" : "+x"(v)); }
 // Precise mode's activation block is x ≈ d·q + d2·r with d2 = d/254 (to an ulp), so
 // x ≈ d2·(254·q + r): one int32 per weight row holds 254·(codes·q) + codes·r exactly
 // (|254·q + r| ≤ 32385), and a block costs one convert and one FMA instead of two of
-// each. act_scale is the float value of one integer unit, act_sum the block's Σx in units.
+// each. act_scale is the float value of one integer unit, act_sum the block's Σx in units,
+// act_total that Σx as a float (the term of a min or zero point).
 template <bool HI> inline float act_scale(const block_q8_act& a) { return HI ? a.d2 : a.d; }
 template <bool HI> inline int32_t act_sum(const block_q8_act& a) { return HI ? 254 * a.s + a.s2 : a.s; }
+template <bool HI> inline float act_total(const block_q8_act& a) { return act_scale<HI>(a) * (float)act_sum<HI>(a); }
 
 // One 16-row panel of a 4-bit format against MT activation rows. The hot loop of
 // decode: every weight byte of the model passes through here once per token.
@@ -154,7 +156,7 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
       const uint8_t* rec = chunk + nbc * 256 + g0 / SUB * RB;
       const __m256 d[2] = {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)rec)),
                            _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + 16)))};
-      float zsum[MT] = {};  // G: Σ act_scale·act_sum over the group's blocks
+      float zsum[MT] = {};  // G: Σ act_total over the group's blocks
       // Not unrolled: GCC then gathered the group's 20 prefetches into one burst at its
       // start, and q4_g128 read 71-78 % of the bandwidth against 78-88 % kept per block.
 #pragma GCC unroll 1
@@ -206,13 +208,13 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
                                         _mm256_cvtepi32_ps(isum), acc[h][m]);
             if (F == Format::Q4_1) {
               const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + 32 + h * 16)));
-              acc[h][m] = _mm256_fmadd_ps(mn, _mm256_set1_ps(act_scale<HI>(a) * (float)act_sum<HI>(a)), acc[h][m]);
+              acc[h][m] = _mm256_fmadd_ps(mn, _mm256_set1_ps(act_total<HI>(a)), acc[h][m]);
             }
           }
         }
         if (G)
 #pragma GCC unroll 4
-          for (int m = 0; m < MT; ++m) zsum[m] += act_scale<HI>(xs[m][b]) * (float)act_sum<HI>(xs[m][b]);
+          for (int m = 0; m < MT; ++m) zsum[m] += act_total<HI>(xs[m][b]);
       }
       if (G) {
 #pragma GCC unroll 2
