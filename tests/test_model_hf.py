@@ -106,6 +106,25 @@ def test_prefill_in_pieces_equals_prefill_at_once(tmp_path):
     np.testing.assert_allclose(m.prefill(ids[10:]), whole[-1], rtol=1e-5, atol=1e-5 * np.abs(whole).max())
 
 
+def test_prefill_without_all_logits_skips_only_what_the_head_does_not_read(tmp_path):
+    """Without all_logits the last layer runs past its cache write on each segment's last
+    row alone: that row's logits and the cache (every row's K and V) must be untouched."""
+    model, path = make_model(tmp_path)
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 251, 40).tolist(), rng.integers(0, 251, 9).tolist()  # a prompt-sized, b not
+    want_a, want_b = reference_logits(model, a + [7, 8]), reference_logits(model, b + [9])
+    m = le.Model.load(path, quant="f32", kv_cache="f32", max_context=64)
+    got = [m.prefill(a), m.decode(7), m.decode(8)]
+    assert_close(np.stack(got), want_a[-3:], 1e-4)
+    mb = le.Model.load(path, quant="f32", kv_cache="f32", max_context=64, slots=2)
+    first = mb.forward_batch([(1, a), (0, b)])  # two segments trimmed to their last rows
+    assert_close(first[0], want_a[39], 1e-4)
+    assert_close(first[1], want_b[8], 1e-4)
+    step = mb.forward_batch([(1, [7]), (0, [9])])
+    assert_close(step[0], want_a[40], 1e-4)
+    assert_close(step[1], want_b[9], 1e-4)
+
+
 def test_context_overflow_and_bad_ids(tmp_path):
     _, path = make_model(tmp_path)
     m = le.Model.load(path, quant="f32", kv_cache="f32", max_context=16)

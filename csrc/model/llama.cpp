@@ -234,7 +234,9 @@ void rows(int64_t n, F&& f) {
 
 void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_t n_segs, bool all_logits,
                                  float* logits) {
-  int64_t n = 0, n_prompt = 0;  // rows in all; of them, leading prompt rows (segment_is_prompt)
+  // Rows in all (in the last layer, once trimmed: the rows still computed); of them, the
+  // leading prompt rows (segment_is_prompt).
+  int64_t n = 0, n_prompt = 0;
   for (int64_t s = 0; s < n_segs; ++s) {
     n += segs[s].n;
     if (segment_is_prompt(segs[s])) n_prompt += segs[s].n;
@@ -252,6 +254,14 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
   grow(gate_, n * ffn); grow(up_, n * ffn);
 
   for (int64_t t = 0; t < n; ++t) w_.embed->dequantize_row(ids[t], x_.data() + t * dim);
+
+  // Past the last layer's cache write only the rows that reach the head matter: each
+  // segment's last row, unless all_logits. So the last layer's attention, output
+  // projection and MLP run on those n_segs rows alone (a 128-token prompt: one row
+  // instead of 128, about 1/n_layers of its work). Its K and V still come from every row.
+  const bool trim = !all_logits && n > n_segs;
+  int64_t n_prompt_segs = 0;
+  for (int64_t s = 0; s < n_segs; ++s) n_prompt_segs += segment_is_prompt(segs[s]) ? 1 : 0;
 
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& L = w_.layers[l];
@@ -282,6 +292,21 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
         }
       }
     });
+    if (trim && l == cfg_.n_layers - 1) {
+      // Row s <- segment s's last row (t >= s: moving forward never overwrites a source).
+      // Prompt segments come first, so the first n_prompt_segs rows stay prompt rows and
+      // keep their kernels: a sequence's numbers do not depend on the trim.
+      for (int64_t s = 0, end = 0; s < n_segs; ++s) {
+        end += segs[s].n;
+        const int64_t t = end - 1;
+        std::copy(q_.data() + t * q_dim_, q_.data() + (t + 1) * q_dim_, q_.data() + s * q_dim_);
+        std::copy(x_.data() + t * dim, x_.data() + (t + 1) * dim, x_.data() + s * dim);
+        row_pos_[s] = row_pos_[t];
+        row_slot_[s] = row_slot_[t];
+      }
+      n = n_segs;
+      n_prompt = n_prompt_segs;
+    }
     attention(l, n);
     matmul_rows(*L.wo, att_.data(), n, n_prompt, o_.data());
     rows(n, [&](int64_t t) { for (int64_t i = t * dim; i < (t + 1) * dim; ++i) x_[i] += o_[i]; });
@@ -294,11 +319,13 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
   }
   for (int64_t s = 0; s < n_segs; ++s) pos_[segs[s].slot] += segs[s].n;
 
-  // The head runs on every row (all_logits) or on each segment's last row.
+  // The head runs on every row (all_logits) or on each segment's last row (row s once
+  // trimmed).
   int64_t rows = 0;
   for (int64_t s = 0, end = 0; s < n_segs; ++s) {
     end += segs[s].n;
-    for (int64_t t = all_logits ? end - segs[s].n : end - 1; t < end; ++t, ++rows)
+    const int64_t last = trim ? s : end - 1;
+    for (int64_t t = all_logits ? end - segs[s].n : last; t <= last; ++t, ++rows)
       rms_norm(x_.data() + t * dim, w_.final_norm, h_.data() + rows * dim, dim, cfg_.norm_eps);
   }
   // A segment's head rows are all its rows (all_logits: same kernels as its body) or its

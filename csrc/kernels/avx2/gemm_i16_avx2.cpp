@@ -75,15 +75,28 @@ void pack_x(const block_q8_act* xq, int64_t m, int64_t nb, int32_t* xp, float* d
   }
 }
 
-// One int32 lane per row: the low int16 from lo, the high one from hi.
-inline __m256i pair16(__m256i lo, __m256i hi) { return _mm256_blend_epi16(lo, _mm256_slli_epi32(hi, 16), 0xAA); }
+// Byte i of each int32 lane moved to byte `to` of that lane, the other three bytes zero:
+// a vpshufb control (it works within 128-bit halves, whose lanes start at bytes 0, 4, 8, 12).
+inline __m256i byte_to(int i, int to) {
+  const __m256i lane_base = _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12);
+  const uint32_t others = ~(0xffu << (8 * to)) & 0x80808080u;  // 0x80: write zero
+  return _mm256_add_epi32(_mm256_set1_epi32((int)(others | (uint32_t)i << (8 * to))),
+                          _mm256_slli_epi32(lane_base, 8 * to));
+}
 
-// Blocks [b0, b0 + nblk) of one panel → tile, dw, mw (layout above).
+// Blocks [b0, b0 + nblk) of one panel → tile, dw, mw (layout above). Each code byte is
+// one tile entry (the pair (e, e + 16)), so a tile vector is two byte shuffles: the low
+// nibbles (or a q8_0 code of the first half) into one int16, the high ones into the other.
 template <Format F>
 void panel_to_i16(const uint8_t* panel, const PanelLayout& L, int64_t b0, int nblk, int32_t* tile, float* dw,
                   float* mw) {
   constexpr int G = q4_group_size(F);
-  const __m256i low4 = _mm256_set1_epi32(0x0f);
+  const __m256i nib = _mm256_set1_epi8(0x0f);
+  // 4-bit: nibbles to bytes 0 and 2, int16 values as they are. q8_0: codes to bytes 1
+  // and 3, then an arithmetic shift by 8 sign-extends each int16.
+  const int lo_at = F == Format::Q8_0 ? 1 : 0, hi_at = F == Format::Q8_0 ? 3 : 2;
+  const __m256i sel_lo[4] = {byte_to(0, lo_at), byte_to(1, lo_at), byte_to(2, lo_at), byte_to(3, lo_at)};
+  const __m256i sel_hi[4] = {byte_to(0, hi_at), byte_to(1, hi_at), byte_to(2, hi_at), byte_to(3, hi_at)};
   for (int bi = 0; bi < nblk; ++bi) {
     const int64_t b = b0 + bi;
     const uint8_t* rec = panel + L.record_offset(b);  // d[16], then m[16] or z[16]
@@ -93,28 +106,31 @@ void panel_to_i16(const uint8_t* panel, const PanelLayout& L, int64_t b0, int nb
       _mm256_store_ps(dw + bi * 16 + 8 * h, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + h * 16))));
       if (F == Format::Q4_1)
         _mm256_store_ps(mw + bi * 16 + 8 * h, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(rec + 32 + h * 16))));
+      // The code's offset in both int16 halves of a lane: q − 8, q − z; none for q4_1, q8_0.
+      __m256i z = _mm256_setzero_si256();
+      if (F == Format::Q4_0) z = _mm256_set1_epi16(8);
+      if (G) {
+        const __m256i z32 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(rec + 32 + h * 8)));
+        z = _mm256_or_si256(z32, _mm256_slli_epi32(z32, 16));
+      }
       for (int v = 0; v < 4; ++v) {
-        if (F == Format::Q8_0) {  // byte i of vectors v and v + 4: elements 4v + i and 4v + i + 16
-          const __m256i ra = _mm256_load_si256((const __m256i*)(codes + v * 64 + h * 32));
-          const __m256i rb = _mm256_load_si256((const __m256i*)(codes + (v + 4) * 64 + h * 32));
-#define LINLY_Q8_PAIR(i)                                                                              \
-  _mm256_store_si256((__m256i*)(t + (4 * v + i) * 16 + 8 * h),                                       \
-                     pair16(_mm256_srai_epi32(_mm256_slli_epi32(ra, 24 - 8 * i), 24),                \
-                            _mm256_srai_epi32(_mm256_slli_epi32(rb, 24 - 8 * i), 24)))
-          LINLY_Q8_PAIR(0); LINLY_Q8_PAIR(1); LINLY_Q8_PAIR(2); LINLY_Q8_PAIR(3);
-#undef LINLY_Q8_PAIR
-          continue;
+        // Byte i of lane r holds pair 4v + i of row 8h + r: in q8_0, vector v the first
+        // elements and vector v + 4 the second; in 4-bit, the low and high nibble.
+        __m256i lo, hi;
+        if (F == Format::Q8_0) {
+          lo = _mm256_load_si256((const __m256i*)(codes + v * 64 + h * 32));
+          hi = _mm256_load_si256((const __m256i*)(codes + (v + 4) * 64 + h * 32));
+        } else {
+          const __m256i raw = _mm256_load_si256((const __m256i*)(codes + v * 64 + h * 32));
+          lo = _mm256_and_si256(raw, nib);
+          hi = _mm256_and_si256(_mm256_srli_epi32(raw, 4), nib);
         }
-        // 4-bit: byte i of vector v holds elements 4v + i (low nibble) and 4v + i + 16.
-        __m256i z = _mm256_setzero_si256();
-        if (F == Format::Q4_0) z = _mm256_set1_epi32(8);
-        if (G) z = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(rec + 32 + h * 8)));
-        const __m256i raw = _mm256_load_si256((const __m256i*)(codes + v * 64 + h * 32));
+#pragma GCC unroll 4
         for (int i = 0; i < 4; ++i) {
-          const __m256i sh = _mm256_srli_epi32(raw, 8 * i);
-          const __m256i lo = _mm256_sub_epi32(_mm256_and_si256(sh, low4), z);
-          const __m256i hi = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(sh, 4), low4), z);
-          _mm256_store_si256((__m256i*)(t + (4 * v + i) * 16 + 8 * h), pair16(lo, hi));
+          __m256i pair = _mm256_or_si256(_mm256_shuffle_epi8(lo, sel_lo[i]), _mm256_shuffle_epi8(hi, sel_hi[i]));
+          if (F == Format::Q8_0) pair = _mm256_srai_epi16(pair, 8);
+          else if (F != Format::Q4_1) pair = _mm256_sub_epi16(pair, z);
+          _mm256_store_si256((__m256i*)(t + (4 * v + i) * 16 + 8 * h), pair);
         }
       }
     }
