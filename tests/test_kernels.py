@@ -436,7 +436,7 @@ def test_precise_activations_cut_the_error(fmt, rng):
 
 @pytest.mark.parametrize("cache", ["f32", "f16", "q8_0"])
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("hd,length", [(64, 1), (64, 7), (128, 1000), (80, 33), (6, 5), (96, 3)])
+@pytest.mark.parametrize("hd,length", [(64, 1), (64, 7), (64, 13), (128, 1000), (80, 33), (6, 5), (96, 3)])
 def test_attention_kernels_match_reference(isa, hd, length, cache, rng):
     if cache == "q8_0" and hd % 32:
         with pytest.raises(ValueError, match="multiple of 32|hd % 32"):

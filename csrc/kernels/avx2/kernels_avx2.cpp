@@ -517,6 +517,22 @@ void attn_scores(const float* q, const void* k, int64_t stride, int64_t len, int
     auto row = [&](int64_t r) -> const void* {
       return F16 ? (const void*)((const uint16_t*)k + r * stride) : (const void*)((const float*)k + r * stride);
     };
+    // Eight keys per pass where there are eight: eight FMA chains (four leave the FMA
+    // latency exposed) and eight cache rows in flight. Every key's sum is formed in the
+    // same order either way. (A decode profile puts most of this loop's time on the K
+    // loads: the cache comes from DRAM, the weights having streamed through L3 since.)
+    for (; j + 8 <= len; j += 8) {
+      __m256 a[8];
+      const void* kr[8];
+      for (int r = 0; r < 8; ++r) a[r] = _mm256_setzero_ps(), kr[r] = row(j + r);
+      for (int64_t i = 0; i < hd; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; ++r) a[r] = _mm256_fmadd_ps(qv, load_kv8<F16>(kr[r], i), a[r]);
+      }
+      _mm_storeu_ps(scores + j, _mm_mul_ps(hsum4(a[0], a[1], a[2], a[3]), _mm_set1_ps(scale)));
+      _mm_storeu_ps(scores + j + 4, _mm_mul_ps(hsum4(a[4], a[5], a[6], a[7]), _mm_set1_ps(scale)));
+    }
     for (; j + 4 <= len; j += 4) {
       const void *k0 = row(j), *k1 = row(j + 1), *k2 = row(j + 2), *k3 = row(j + 3);
       __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -545,22 +561,39 @@ void attn_scores(const float* q, const void* k, int64_t stride, int64_t len, int
   }
 }
 
+// out[i0, i0 + 8·NV) of attn_mix, held in registers across all positions: no
+// store-to-load round trip per position. A 64-wide head takes one pass of NV = 8 chains:
+// each V row is read once (with 32-wide passes, twice) and eight FMA chains cover the FMA
+// latency. In a SmolLM2 decode profile this loop went from 7-8 % to 5 % of the samples.
+template <bool F16, int NV>
+void attn_mix_pass(const float* p, const void* v, int64_t stride, int64_t len, int64_t i0, float* out) {
+  __m256 acc[NV];
+  for (int u = 0; u < NV; ++u) acc[u] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < len; ++j) {
+    const void* vj = F16 ? (const void*)((const uint16_t*)v + j * stride) : (const void*)((const float*)v + j * stride);
+    const __m256 pj = _mm256_set1_ps(p[j]);
+#pragma GCC unroll 8
+    for (int u = 0; u < NV; ++u) acc[u] = _mm256_fmadd_ps(pj, load_kv8<F16>(vj, i0 + 8 * u), acc[u]);
+  }
+  for (int u = 0; u < NV; ++u) _mm256_storeu_ps(out + i0 + 8 * u, acc[u]);
+}
+
 template <bool F16>
 void attn_mix(const float* p, const void* v, int64_t stride, int64_t len, int64_t hd, float* out) {
   const int64_t h8 = hd / 8 * 8;
   for (int64_t i = 0; i < hd; ++i) out[i] = 0.0f;
   if (h8 == hd) {
-    // 32 outputs at a time held in registers across all positions: no store-to-load
-    // round trip per position.
-    for (int64_t i0 = 0; i0 < hd; i0 += 32) {
-      const int nv = (int)((hd - i0) / 8 < 4 ? (hd - i0) / 8 : 4);
-      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-      for (int64_t j = 0; j < len; ++j) {
-        const void* vj = F16 ? (const void*)((const uint16_t*)v + j * stride) : (const void*)((const float*)v + j * stride);
-        const __m256 pj = _mm256_set1_ps(p[j]);
-        for (int u = 0; u < nv; ++u) acc[u] = _mm256_fmadd_ps(pj, load_kv8<F16>(vj, i0 + 8 * u), acc[u]);
+    for (int64_t i0 = 0; i0 < hd; i0 += 64) {
+      switch ((hd - i0) / 8 < 8 ? (hd - i0) / 8 : 8) {
+        case 8: attn_mix_pass<F16, 8>(p, v, stride, len, i0, out); break;
+        case 7: attn_mix_pass<F16, 7>(p, v, stride, len, i0, out); break;
+        case 6: attn_mix_pass<F16, 6>(p, v, stride, len, i0, out); break;
+        case 5: attn_mix_pass<F16, 5>(p, v, stride, len, i0, out); break;
+        case 4: attn_mix_pass<F16, 4>(p, v, stride, len, i0, out); break;
+        case 3: attn_mix_pass<F16, 3>(p, v, stride, len, i0, out); break;
+        case 2: attn_mix_pass<F16, 2>(p, v, stride, len, i0, out); break;
+        default: attn_mix_pass<F16, 1>(p, v, stride, len, i0, out); break;
       }
-      for (int u = 0; u < nv; ++u) _mm256_storeu_ps(out + i0 + 8 * u, acc[u]);
     }
     return;
   }
