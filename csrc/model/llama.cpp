@@ -121,19 +121,19 @@ void LlamaModel::attention(int64_t layer, int64_t n) {
       const int64_t len = row_pos_[t] + 1;  // causal: positions 0..row_pos
       const float* q = q_.data() + t * q_dim_ + h * hd;
       float* out = att_.data() + t * q_dim_ + h * hd;
-      const size_t off = kv_offset(row_slot_[t], layer, 0) + kvh * hd;
+      const size_t off = kv_offset(row_slot_[t], layer, kvh, 0);  // rows of hd, one per position
       if (kv_type_ == KvCacheType::F32) {
-        kt.attn_scores_f32(q, k_f32_.data() + off, kv_dim_, len, hd, scale, scores.data());
+        kt.attn_scores_f32(q, k_f32_.data() + off, hd, len, hd, scale, scores.data());
         kt.softmax(scores.data(), len);
-        kt.attn_mix_f32(scores.data(), v_f32_.data() + off, kv_dim_, len, hd, out);
+        kt.attn_mix_f32(scores.data(), v_f32_.data() + off, hd, len, hd, out);
       } else if (kv_type_ == KvCacheType::Q8_0) {  // element offsets are whole blocks: hd % 32 == 0
-        kt.attn_scores_q8(q, k_q8_.data() + off / QK, kv_dim_ / QK, len, hd, scale, scores.data());
+        kt.attn_scores_q8(q, k_q8_.data() + off / QK, hd / QK, len, hd, scale, scores.data());
         kt.softmax(scores.data(), len);
-        kt.attn_mix_q8(scores.data(), v_q8_.data() + off / QK, kv_dim_ / QK, len, hd, out);
+        kt.attn_mix_q8(scores.data(), v_q8_.data() + off / QK, hd / QK, len, hd, out);
       } else {
-        kt.attn_scores_f16(q, k_f16_.data() + off, kv_dim_, len, hd, scale, scores.data());
+        kt.attn_scores_f16(q, k_f16_.data() + off, hd, len, hd, scale, scores.data());
         kt.softmax(scores.data(), len);
-        kt.attn_mix_f16(scores.data(), v_f16_.data() + off, kv_dim_, len, hd, out);
+        kt.attn_mix_f16(scores.data(), v_f16_.data() + off, hd, len, hd, out);
       }
     }
   });
@@ -278,17 +278,20 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
       const int64_t p = row_pos_[t];
       apply_rope(q, cfg_.n_heads, hd, rope_cos_.data() + p * half, rope_sin_.data() + p * half);
       apply_rope(k, cfg_.n_kv_heads, hd, rope_cos_.data() + p * half, rope_sin_.data() + p * half);
-      const size_t off = kv_offset(row_slot_[t], l, p);
-      if (kv_type_ == KvCacheType::F32) {
-        std::copy(k, k + kv_dim_, k_f32_.data() + off);
-        std::copy(v, v + kv_dim_, v_f32_.data() + off);
-      } else if (kv_type_ == KvCacheType::Q8_0) {
-        quantize_row_q8_0_amax(k, k_q8_.data() + off / QK, kv_dim_);
-        quantize_row_q8_0_amax(v, v_q8_.data() + off / QK, kv_dim_);
-      } else {
-        for (int64_t i = 0; i < kv_dim_; ++i) {
-          k_f16_[off + i] = fp32_to_fp16(k[i]);
-          v_f16_[off + i] = fp32_to_fp16(v[i]);
+      for (int64_t kvh = 0; kvh < cfg_.n_kv_heads; ++kvh) {
+        const size_t off = kv_offset(row_slot_[t], l, kvh, p);
+        const float *kh = k + kvh * hd, *vh = v + kvh * hd;
+        if (kv_type_ == KvCacheType::F32) {
+          std::copy(kh, kh + hd, k_f32_.data() + off);
+          std::copy(vh, vh + hd, v_f32_.data() + off);
+        } else if (kv_type_ == KvCacheType::Q8_0) {  // hd % 32 == 0 (constructor)
+          quantize_row_q8_0_amax(kh, k_q8_.data() + off / QK, hd);
+          quantize_row_q8_0_amax(vh, v_q8_.data() + off / QK, hd);
+        } else {
+          for (int64_t i = 0; i < hd; ++i) {
+            k_f16_[off + i] = fp32_to_fp16(kh[i]);
+            v_f16_[off + i] = fp32_to_fp16(vh[i]);
+          }
         }
       }
     });

@@ -98,9 +98,11 @@ class LlamaModel {
   // per row split.
   void matmul_rows_shared(std::initializer_list<const PackedMatrix*> ws, std::initializer_list<float*> ys,
                           const float* x, int64_t n, int64_t n_prompt) const;
-  // Element offset of (slot, layer, position) in the K or V cache.
-  size_t kv_offset(int64_t slot, int64_t layer, int64_t p) const {
-    return (size_t)(((slot * cfg_.n_layers + layer) * cfg_.max_context + p) * kv_dim_);
+  // Element offset of (slot, layer, KV head, position) in the K or V cache. Each head's
+  // positions are contiguous, so decode attention reads one sequential stream per head.
+  size_t kv_offset(int64_t slot, int64_t layer, int64_t kv_head, int64_t p) const {
+    return (size_t)((((slot * cfg_.n_layers + layer) * cfg_.n_kv_heads + kv_head) * cfg_.max_context + p) *
+                    cfg_.head_dim);
   }
 
   ModelConfig cfg_;
@@ -111,9 +113,9 @@ class LlamaModel {
   std::vector<int64_t> pos_;  // [slots] tokens cached per slot
   int64_t q_dim_, kv_dim_;
   std::vector<float> rope_cos_, rope_sin_;  // [max_context, head_dim/2]
-  std::vector<float> k_f32_, v_f32_;        // [slots, layers, max_context, kv_dim] when F32
+  std::vector<float> k_f32_, v_f32_;        // [slots, layers, kv_heads, max_context, head_dim] when F32
   std::vector<uint16_t> k_f16_, v_f16_;     // same shape when F16
-  std::vector<block_q8_0> k_q8_, v_q8_;     // [slots, layers, max_context, kv_dim / 32] when Q8_0
+  std::vector<block_q8_0> k_q8_, v_q8_;     // [slots, layers, kv_heads, max_context, head_dim / 32] when Q8_0
   // Step buffers, grown to the largest n seen (no allocation per decode step):
   std::vector<int64_t> row_slot_, row_pos_;  // [n] which sequence and position each row is
   std::vector<float> x_;     // [n, dim] residual stream
