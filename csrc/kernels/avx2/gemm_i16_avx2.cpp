@@ -64,10 +64,22 @@ void pack_x(const block_q8_act* xq, int64_t m, int64_t nb, int32_t* xp, float* d
           continue;
         }
         const block_q8_act& a = xq[row * nb + b];
-        for (int j = 0; j < 16; ++j) {
-          const int lo = 254 * a.qs[j] + a.r[j], hi = 254 * a.qs[j + 16] + a.r[j + 16];
-          xg[(b * 16 + j) * kMr + r] = (int32_t)((uint32_t)(uint16_t)lo | (uint32_t)hi << 16);
-        }
+        // 254·q + r for all 32 elements at once, then the pairs (j, j + 16) into their
+        // stride-kMr slots (a scalar loop here was a few per cent of a two-thread prompt:
+        // every thread packs every row, once per matrix).
+        const __m256i x = _mm256_add_epi16(
+            _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)a.qs)), _mm256_set1_epi16(254)),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)a.r)));  // elements 0..15
+        const __m256i y = _mm256_add_epi16(
+            _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(a.qs + 16))),
+                               _mm256_set1_epi16(254)),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(a.r + 16))));  // elements 16..31
+        // unpack works per 128-bit half: lo holds pairs 0-3 and 8-11, hi pairs 4-7 and 12-15.
+        alignas(32) int32_t pairs[16];
+        const __m256i lo = _mm256_unpacklo_epi16(x, y), hi = _mm256_unpackhi_epi16(x, y);
+        _mm256_store_si256((__m256i*)pairs, _mm256_permute2x128_si256(lo, hi, 0x20));       // pairs 0-7
+        _mm256_store_si256((__m256i*)(pairs + 8), _mm256_permute2x128_si256(lo, hi, 0x31));  // pairs 8-15
+        for (int j = 0; j < 16; ++j) xg[(b * 16 + j) * kMr + r] = pairs[j];
         dg[b * kMr + r] = a.d2;
         sg[b * kMr + r] = a.d2 * (float)(254 * a.s + a.s2);
       }
