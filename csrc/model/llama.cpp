@@ -236,10 +236,10 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
                                  float* logits) {
   // Rows in all (in the last layer, once trimmed: the rows still computed); of them, the
   // leading prompt rows (segment_is_prompt).
-  int64_t n = 0, n_prompt = 0;
+  int64_t n = 0, n_prompt = 0, n_prompt_segs = 0;
   for (int64_t s = 0; s < n_segs; ++s) {
     n += segs[s].n;
-    if (segment_is_prompt(segs[s])) n_prompt += segs[s].n;
+    if (segment_is_prompt(segs[s])) n_prompt += segs[s].n, ++n_prompt_segs;
   }
   grow(row_slot_, n); grow(row_pos_, n);
   for (int64_t s = 0, t = 0; s < n_segs; ++s)
@@ -260,8 +260,6 @@ void LlamaModel::forward_grouped(const int32_t* ids, const Segment* segs, int64_
   // projection and MLP run on those n_segs rows alone (a 128-token prompt: one row
   // instead of 128, about 1/n_layers of its work). Its K and V still come from every row.
   const bool trim = !all_logits && n > n_segs;
-  int64_t n_prompt_segs = 0;
-  for (int64_t s = 0; s < n_segs; ++s) n_prompt_segs += segment_is_prompt(segs[s]) ? 1 : 0;
 
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     const LayerWeights& L = w_.layers[l];

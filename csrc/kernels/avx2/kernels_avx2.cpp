@@ -583,18 +583,11 @@ void attn_mix(const float* p, const void* v, int64_t stride, int64_t len, int64_
   const int64_t h8 = hd / 8 * 8;
   for (int64_t i = 0; i < hd; ++i) out[i] = 0.0f;
   if (h8 == hd) {
-    for (int64_t i0 = 0; i0 < hd; i0 += 64) {
-      switch ((hd - i0) / 8 < 8 ? (hd - i0) / 8 : 8) {
-        case 8: attn_mix_pass<F16, 8>(p, v, stride, len, i0, out); break;
-        case 7: attn_mix_pass<F16, 7>(p, v, stride, len, i0, out); break;
-        case 6: attn_mix_pass<F16, 6>(p, v, stride, len, i0, out); break;
-        case 5: attn_mix_pass<F16, 5>(p, v, stride, len, i0, out); break;
-        case 4: attn_mix_pass<F16, 4>(p, v, stride, len, i0, out); break;
-        case 3: attn_mix_pass<F16, 3>(p, v, stride, len, i0, out); break;
-        case 2: attn_mix_pass<F16, 2>(p, v, stride, len, i0, out); break;
-        default: attn_mix_pass<F16, 1>(p, v, stride, len, i0, out); break;
-      }
-    }
+    // Passes of 64 outputs, then 32, then 8 (head sizes are multiples of 32 in practice).
+    int64_t i0 = 0;
+    for (; i0 + 64 <= hd; i0 += 64) attn_mix_pass<F16, 8>(p, v, stride, len, i0, out);
+    for (; i0 + 32 <= hd; i0 += 32) attn_mix_pass<F16, 4>(p, v, stride, len, i0, out);
+    for (; i0 < hd; i0 += 8) attn_mix_pass<F16, 1>(p, v, stride, len, i0, out);
     return;
   }
   for (int64_t j = 0; j < len; ++j) {
