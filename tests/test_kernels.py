@@ -385,6 +385,35 @@ def test_panel_repack_round_trip(rng):
             np.testing.assert_array_equal(_C.unpack_panels(panels, fmt, n, k), data)
 
 
+def test_weight_arena_packs_small_matrices_together_and_frees_them(rng):
+    """Repacked weights share huge-page slabs back to back and are released with them."""
+    import gc
+
+    gc.collect()
+    before = _C.weight_arena_bytes()
+    data = le.quantize(rng.standard_normal((48, 96)).astype(np.float32), "q4_0")
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    mats = [le.PackedMatrix(data, "q4_0", 96) for _ in range(200)]
+    if not mats[0].copied:  # an ISA that reads the rows in place uses no arena
+        pytest.skip("the kernels read q4_0 rows in place")
+    # In the arena, and 200 small matrices in one slab (or the rest of one already open).
+    assert _C.weight_arena_bytes() > 0 and _C.weight_arena_bytes() - before <= 64 << 20
+    want = mats[0].matmul(x)
+    for m in mats[1:]:  # neighbours in a slab do not overlap
+        np.testing.assert_array_equal(m.matmul(x), want)
+    del m, mats
+    gc.collect()
+    assert _C.weight_arena_bytes() == before
+    big = le.quantize(rng.standard_normal((4096, 4096)).astype(np.float32), "q8_0")  # 17 MiB each
+    several = [le.PackedMatrix(big, "q8_0", 4096) for _ in range(5)]  # more than one slab holds
+    assert _C.weight_arena_bytes() - before >= sum(m.weight_bytes for m in several)
+    x = rng.standard_normal((2, 4096)).astype(np.float32)
+    np.testing.assert_array_equal(several[4].matmul(x), several[0].matmul(x))
+    del several
+    gc.collect()
+    assert _C.weight_arena_bytes() == before
+
+
 def test_one_dimensional_x_is_a_single_row(rng):
     data = le.quantize(rng.standard_normal((7, 64)).astype(np.float32), "q4_0")
     mat = le.PackedMatrix(data, "q4_0", 64)

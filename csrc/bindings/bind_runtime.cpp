@@ -6,6 +6,7 @@
 #include "runtime/cpu_features.h"
 #include "runtime/dispatch.h"
 #include "runtime/thread_pool.h"
+#include "runtime/weight_arena.h"
 
 namespace linly::py_bind {
 
@@ -43,6 +44,8 @@ void bind_runtime(py::module_& m) {
     set_global_threads(n);
   }, py::arg("n"), "Sets the size of the kernel thread pool (the calling thread counts as one).");
   m.def("get_num_threads", &global_threads);
+  m.def("weight_arena_bytes", &weight_arena_reserved_bytes,
+        "Bytes of memory the packed-weight arena holds now (slabs on huge pages, used or not).");
 
   m.def("measure_read_bandwidth", [](int64_t bytes, int repeats, const py::object& isa) {
     if (bytes < (1 << 20)) throw py::value_error("bytes must be at least 1 MiB");

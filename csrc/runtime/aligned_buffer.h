@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <new>
 #include <utility>
+
+#include "runtime/weight_arena.h"
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -25,11 +27,27 @@ class AlignedBuffer {
     if (align == kHuge) madvise(data_, rounded, MADV_HUGEPAGE);  // advice only; failure is harmless
 #endif
   }
-  ~AlignedBuffer() { std::free(data_); }
-  AlignedBuffer(AlignedBuffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  // Packed weights: a block of the weight arena (runtime/weight_arena.h), placed right
+  // after the weights allocated before it, on huge pages even when it is small.
+  static AlignedBuffer weights(int64_t bytes) {
+    AlignedBuffer b;
+    if (bytes <= 0) return b;
+    const WeightBlock w = weight_arena_allocate(bytes);
+    b.data_ = w.data;
+    b.slab_ = w.slab;
+    b.size_ = bytes;
+    return b;
+  }
+  ~AlignedBuffer() {
+    if (slab_) weight_arena_release(slab_);
+    else std::free(data_);
+  }
+  AlignedBuffer(AlignedBuffer&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)), slab_(std::exchange(o.slab_, nullptr)) {}
   AlignedBuffer& operator=(AlignedBuffer&& o) noexcept {
     std::swap(data_, o.data_);
     std::swap(size_, o.size_);
+    std::swap(slab_, o.slab_);
     return *this;
   }
   AlignedBuffer(const AlignedBuffer&) = delete;
@@ -43,6 +61,7 @@ class AlignedBuffer {
   static constexpr size_t kHuge = (size_t)2 << 20;
   uint8_t* data_ = nullptr;
   int64_t size_ = 0;
+  WeightSlab* slab_ = nullptr;  // set: data_ is a weight-arena block, not malloc'd
 };
 
 }  // namespace linly
