@@ -105,6 +105,22 @@ int64_t LlamaModel::kv_cache_bytes() const {
          (int64_t)(k_q8_.size() + v_q8_.size()) * (int64_t)sizeof(block_q8_0);
 }
 
+void LlamaModel::prefetch_history(size_t off, int64_t len) const {
+  const char *k, *v;
+  int64_t bytes;
+  if (kv_type_ == KvCacheType::F32) {
+    k = (const char*)(k_f32_.data() + off), v = (const char*)(v_f32_.data() + off), bytes = len * cfg_.head_dim * 4;
+  } else if (kv_type_ == KvCacheType::Q8_0) {
+    k = (const char*)(k_q8_.data() + off / QK), v = (const char*)(v_q8_.data() + off / QK);
+    bytes = len * (cfg_.head_dim / QK) * (int64_t)sizeof(block_q8_0);
+  } else {
+    k = (const char*)(k_f16_.data() + off), v = (const char*)(v_f16_.data() + off), bytes = len * cfg_.head_dim * 2;
+  }
+  // K first, then V: the scores need all of K before the mix reads any V.
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(k + o, 0, 2);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(v + o, 0, 2);
+}
+
 void LlamaModel::attention(int64_t layer, int64_t n) {
   const int64_t hd = cfg_.head_dim, H = cfg_.n_heads, group = cfg_.n_heads / cfg_.n_kv_heads;
   const float scale = 1.0f / std::sqrt((float)hd);
@@ -122,6 +138,12 @@ void LlamaModel::attention(int64_t layer, int64_t n) {
       const float* q = q_.data() + t * q_dim_ + h * hd;
       float* out = att_.data() + t * q_dim_ + h * hd;
       const size_t off = kv_offset(row_slot_[t], layer, kvh, 0);  // rows of hd, one per position
+      // A decode row's history is one short stream of K and one of V per KV head. Asked
+      // for in one burst before the group's first head, it arrives at the memory's pace
+      // rather than the score loop's, and the group's other heads find it in L2. (A
+      // prompt's last row asks too, for lines its earlier rows brought in: cheap.)
+      const bool last_of_slot = t + 1 == n || row_slot_[t + 1] != row_slot_[t];
+      if (last_of_slot && (h % group == 0 || item == b)) prefetch_history(off, len);
       if (kv_type_ == KvCacheType::F32) {
         kt.attn_scores_f32(q, k_f32_.data() + off, hd, len, hd, scale, scores.data());
         kt.softmax(scores.data(), len);

@@ -8,6 +8,7 @@
 
 #include "core/packed_matrix.h"
 #include "model/config.h"
+#include "runtime/aligned_buffer.h"
 
 namespace linly {
 
@@ -72,6 +73,7 @@ class LlamaModel {
 
  private:
   void attention(int64_t layer, int64_t n);  // q_, cache -> att_
+  void prefetch_history(size_t off, int64_t len) const;  // K and V of positions [0, len) at off, into L2
   // Segments of at least this many rows count as prompts. Chosen, not tuned: well above
   // the batched decode steps (one row per sequence), well below a prompt chunk.
   // A prompt's rows go through matmul_f32 where the table says that is faster: for
@@ -113,9 +115,9 @@ class LlamaModel {
   std::vector<int64_t> pos_;  // [slots] tokens cached per slot
   int64_t q_dim_, kv_dim_;
   std::vector<float> rope_cos_, rope_sin_;  // [max_context, head_dim/2]
-  std::vector<float> k_f32_, v_f32_;        // [slots, layers, kv_heads, max_context, head_dim] when F32
-  std::vector<uint16_t> k_f16_, v_f16_;     // same shape when F16
-  std::vector<block_q8_0> k_q8_, v_q8_;     // [slots, layers, kv_heads, max_context, head_dim / 32] when Q8_0
+  AlignedArray<float> k_f32_, v_f32_;        // [slots, layers, kv_heads, max_context, head_dim] when F32
+  AlignedArray<uint16_t> k_f16_, v_f16_;     // same shape when F16
+  AlignedArray<block_q8_0> k_q8_, v_q8_;     // [slots, layers, kv_heads, max_context, head_dim / 32] when Q8_0
   // Step buffers, grown to the largest n seen (no allocation per decode step):
   std::vector<int64_t> row_slot_, row_pos_;  // [n] which sequence and position each row is
   std::vector<float> x_;     // [n, dim] residual stream

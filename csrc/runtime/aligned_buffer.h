@@ -1,5 +1,6 @@
 // Owning, 64-byte aligned byte buffer (cache line and zmm width).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
@@ -62,6 +63,29 @@ class AlignedBuffer {
   uint8_t* data_ = nullptr;
   int64_t size_ = 0;
   WeightSlab* slab_ = nullptr;  // set: data_ is a weight-arena block, not malloc'd
+};
+
+// n values of a trivially copyable T in an AlignedBuffer: on huge pages from 2 MiB up,
+// which a std::vector's memory is not. For the KV cache, which attention reads as one
+// short stream per head and layer: with 4 KiB pages each stream crosses a page, and
+// takes a TLB miss, every 32 positions of a 64-wide f16 head.
+template <class T>
+class AlignedArray {
+ public:
+  void assign(int64_t n, const T& value) {
+    buf_ = AlignedBuffer(n * (int64_t)sizeof(T));
+    n_ = n;
+    std::fill(data(), data() + n, value);
+  }
+  T* data() { return reinterpret_cast<T*>(buf_.data()); }
+  const T* data() const { return reinterpret_cast<const T*>(buf_.data()); }
+  int64_t size() const { return n_; }
+  T& operator[](int64_t i) { return data()[i]; }
+  const T& operator[](int64_t i) const { return data()[i]; }
+
+ private:
+  AlignedBuffer buf_;
+  int64_t n_ = 0;
 };
 
 }  // namespace linly
