@@ -123,7 +123,8 @@ void bind_packed_matrix(py::module_& m) {
       .def_property_readonly("isa", [](const PyPackedMatrix& p) { return std::string(p.mat->kernels().name); })
       .def_static("from_panels", &PyPackedMatrix::from_panels, py::arg("panels"), py::arg("fmt"), py::arg("n"),
                   py::arg("k"), py::arg("isa") = py::none(),
-                  "From uint8 bytes already in the 16-row panel layout (used in place when the ISA reads panels).")
+                  "From uint8 bytes already in the 16-row panel layout (copied as they are into the weight arena when the "
+                  "ISA reads panels; unpacked to rows when it does not).")
       .def_property_readonly("copied", [](const PyPackedMatrix& p) { return p.mat->copied(); },
                              "True if construction made a converted copy of the weights.")
       .def_property_readonly("layout", [](const PyPackedMatrix& p) {

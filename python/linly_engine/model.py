@@ -41,8 +41,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def pack(t: Tensor, quant: str | None) -> _C.PackedMatrix:
     """A weight matrix as the decoder runs it. quant=None keeps the source format
-    (GGUF blocks as they are, f16/bf16/f32 and packed panels in place); otherwise
-    converts to `quant`."""
+    (GGUF blocks repacked into panels, f16/bf16/f32 in place, a .linly file's panels
+    copied as they are); otherwise converts to `quant`."""
     n, k = t.shape
     target = quant or t.fmt
     if target == t.fmt:

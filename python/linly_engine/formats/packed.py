@@ -1,5 +1,5 @@
 """The engine's own model file (``.linly``): a GGUF container holding the canonical
-tensor set, ready to memory-map and run in place.
+tensor set, ready to memory-map and load without converting anything.
 
 Why GGUF: it is the well-known single-file container for this job (typed key-value
 metadata, aligned tensor data, memory-mappable, readable by gguf-py and llama.cpp's
@@ -10,8 +10,8 @@ tools), and it needs no code of our own to parse. What is ours is the content:
 - ``linly.config``: the decoder config (JSON); a tied LM head is stored once, as the
   embedding, with ``tie_word_embeddings`` true;
 - ``linly.tensors``: JSON ``{name: {"fmt", "shape", "layout"}}``. Integer formats are
-  stored in the kernels' 16-row panel layout (``csrc/quant/panel.h``), so the SIMD paths
-  use the mapped bytes without a copy; every tensor is stored as raw bytes (GGUF type I8)
+  stored in the kernels' 16-row panel layout (``csrc/quant/panel.h``), so loading copies
+  the mapped bytes into the weight arena without repacking them; every tensor is stored as raw bytes (GGUF type I8)
   because q4_g and panels have no GGUF type of their own;
 - ``linly.sha256``: the SHA-256 of all tensor bytes in ``linly.tensors`` order, then the
   files in ``linly.files`` order,
