@@ -47,8 +47,8 @@ def weights():
 def rotation(data: np.ndarray, fmt: str, k: int) -> list:
     first = le.PackedMatrix(data, fmt, k)
     copies = max(2, math.ceil(ROTATE_BYTES / first.weight_bytes))
-    # Repacked (copied) matrices own distinct memory already; plain ones need distinct arrays.
-    return [first] + [le.PackedMatrix(data if first.copied else data.copy(), fmt, k) for _ in range(copies - 1)]
+    # Every PackedMatrix copies its weights (into the weight arena): distinct memory each.
+    return [first] + [le.PackedMatrix(data, fmt, k) for _ in range(copies - 1)]
 
 
 CASES = [(m, t) for m, t in ((1, 1), (1, 2), (128, 2))]

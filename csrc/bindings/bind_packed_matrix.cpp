@@ -3,8 +3,8 @@
 
 namespace linly::py_bind {
 
-PyPackedMatrix::PyPackedMatrix(py::array d, const std::string& fmt_name, int64_t k, const py::object& isa)
-    : data(std::move(d)) {
+PyPackedMatrix::PyPackedMatrix(py::array data, const std::string& fmt_name, int64_t k, const py::object& isa)
+    : source_bytes(data.nbytes()) {
   const Format fmt = parse_format_or_throw(fmt_name);
   require_packed_rows(data, fmt, k);
   const KernelTable& kt = kernels_or_default(isa);
@@ -30,8 +30,8 @@ std::unique_ptr<PyPackedMatrix> PyPackedMatrix::from_panels(py::array panels, co
                           " [" + std::to_string(n) + ", " + std::to_string(k) + "] needs " + std::to_string(need));
   const KernelTable& kt = kernels_or_default(isa);
   std::unique_ptr<PyPackedMatrix> p(new PyPackedMatrix());
-  p->data = std::move(panels);
-  const auto* bytes = static_cast<const uint8_t*>(p->data.data());
+  p->source_bytes = panels.nbytes();
+  const auto* bytes = static_cast<const uint8_t*>(panels.data());
   py::gil_scoped_release nogil;
   p->mat = std::make_unique<PackedMatrix>(fmt, n, k, bytes, kt, PackedMatrix::Layout::Panels);
   return p;
@@ -107,8 +107,9 @@ void bind_packed_matrix(py::module_& m) {
                              "A weight matrix W [n, k] in a quantised or dense format; matmul(x) = x · Wᵀ.")
       .def(py::init<py::array, const std::string&, int64_t, const py::object&>(), py::arg("data"), py::arg("fmt"),
            py::arg("k"), py::arg("isa") = py::none(),
-           "data: uint8 [n, bytes_per_row] in the on-disk layout (borrowed, not copied; repacked into 16-row "
-           "panels when the ISA's kernels want them). isa: 'scalar' | 'avx2' | 'avx512' | None (default).")
+           "data: uint8 [n, bytes_per_row] in the on-disk layout, copied (repacked into 16-row panels when the "
+           "ISA's kernels want them) into the weight arena: data may be freed afterwards. isa: 'scalar' | 'avx2' | "
+           "'avx512' | None (default).")
       .def("matmul", &PyPackedMatrix::matmul, py::arg("x"), py::arg("precise") = false,
            py::arg("activations") = py::none(),
            "x: float32 [m, k] or [k] -> float32 [m, n] or [n]. Releases the GIL. precise: integer formats "
@@ -125,14 +126,13 @@ void bind_packed_matrix(py::module_& m) {
                   py::arg("k"), py::arg("isa") = py::none(),
                   "From uint8 bytes already in the 16-row panel layout (copied as they are into the weight arena when the "
                   "ISA reads panels; unpacked to rows when it does not).")
-      .def_property_readonly("copied", [](const PyPackedMatrix& p) { return p.mat->copied(); },
-                             "True if construction made a converted copy of the weights.")
       .def_property_readonly("layout", [](const PyPackedMatrix& p) {
         return std::string(p.mat->uses_panels() ? "panel16" : "rows");
       }, "The layout the kernels read.")
       .def_property_readonly("weight_bytes", [](const PyPackedMatrix& p) { return p.mat->weight_bytes(); },
                              "Bytes one matmul streams from memory.")
-      .def_property_readonly("data", [](const PyPackedMatrix& p) { return p.data; }, "The bytes it was made from.")
+      .def_property_readonly("source_bytes", [](const PyPackedMatrix& p) { return p.source_bytes; },
+                             "Size of the array it was made from (the matrix's bytes on disk).")
       .def("set_input_order", [](PyPackedMatrix& p, const py::array& order) {
         if (order.ndim() != 1 || !py::isinstance<py::array_t<int32_t>>(order))
           throw py::type_error("input order must be a 1-D int32 array");

@@ -28,9 +28,9 @@ class PackedMatrix {
  public:
   enum class Layout { Rows, Panels };
   // `bytes` holds the matrix in `layout`: n rows of row_bytes(fmt, k) (the on-disk row
-  // layout), or panel_count(n) panels (panel.h). They are borrowed and must outlive this
-  // object. When the layout is not the one the kernels read, a converted copy is made
-  // here; otherwise the bytes are used in place (a memory-mapped file stays mapped).
+  // layout), or panel_count(n) panels (panel.h). They are read here only: the matrix
+  // keeps its own copy in the weight arena (runtime/weight_arena.h), in the layout the
+  // kernels read, so the caller may free or unmap them afterwards.
   PackedMatrix(Format fmt, int64_t n, int64_t k, const uint8_t* bytes, const KernelTable& kernels,
                Layout layout = Layout::Rows);
 
@@ -49,8 +49,6 @@ class PackedMatrix {
   int64_t k() const { return k_; }
   const KernelTable& kernels() const { return *kernels_; }
   bool uses_panels() const { return panels_ != nullptr; }
-  // True when construction made a converted copy (memory beyond the borrowed bytes).
-  bool copied() const { return owned_.size() > 0; }
   // Bytes a matmul streams from memory.
   int64_t weight_bytes() const;
   // What the kernels iterate over: panels when the matrix has them, rows otherwise.
@@ -69,9 +67,9 @@ class PackedMatrix {
   Format fmt_;
   int64_t n_, k_;
   const KernelTable* kernels_;
-  const uint8_t* plain_ = nullptr;   // on-disk rows, when available
-  const uint8_t* panels_ = nullptr;  // panels, when the kernels read them
-  AlignedBuffer owned_;              // the converted copy, if one was needed
+  const uint8_t* plain_ = nullptr;   // rows, when the kernels read rows (in owned_)
+  const uint8_t* panels_ = nullptr;  // panels, when the kernels read them (in owned_)
+  AlignedBuffer owned_;              // the weights: a block of the weight arena
   std::vector<int32_t> input_order_; // [k] or empty (inputs in order)
 };
 

@@ -90,7 +90,7 @@ def linly_runner(path: Path, threads: int, prompt: int, gen: int,
     # Per decoded token every weight is read once, except an untied embedding, of which
     # one row is read (a tied one is read in full as the head).
     emb, head = m._weights["model.embed_tokens.weight"], m._weights["lm_head.weight"]
-    nbytes = int(m.info()["weight_bytes"]) - (emb.data.nbytes if emb is not head else 0)
+    nbytes = int(m.info()["weight_bytes"]) - (emb.source_bytes if emb is not head else 0)
     return once, nbytes
 
 

@@ -40,9 +40,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def pack(t: Tensor, quant: str | None) -> _C.PackedMatrix:
-    """A weight matrix as the decoder runs it. quant=None keeps the source format
-    (GGUF blocks repacked into panels, f16/bf16/f32 in place, a .linly file's panels
-    copied as they are); otherwise converts to `quant`."""
+    """A weight matrix as the decoder runs it, in its own copy of the weights. quant=None
+    keeps the source format (GGUF blocks repacked into panels, a .linly file's panels
+    as they are, dense rows as rows); otherwise converts to `quant`."""
     n, k = t.shape
     target = quant or t.fmt
     if target == t.fmt:
@@ -321,7 +321,7 @@ class Model:
             seen.add(id(w))
             if isinstance(w, _C.PackedMatrix):
                 formats[w.fmt] = formats.get(w.fmt, 0) + 1
-                nbytes += w.data.nbytes
+                nbytes += w.source_bytes
             else:
                 nbytes += w.nbytes
         return {
