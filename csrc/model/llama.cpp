@@ -140,10 +140,11 @@ void LlamaModel::attention(int64_t layer, int64_t n) {
       const size_t off = kv_offset(row_slot_[t], layer, kvh, 0);  // rows of hd, one per position
       // A decode row's history is one short stream of K and one of V per KV head. Asked
       // for in one burst before the group's first head, it arrives at the memory's pace
-      // rather than the score loop's, and the group's other heads find it in L2. (A
-      // prompt's last row asks too, for lines its earlier rows brought in: cheap.)
-      const bool last_of_slot = t + 1 == n || row_slot_[t + 1] != row_slot_[t];
-      if (last_of_slot && (h % group == 0 || item == b)) prefetch_history(off, len);
+      // rather than the score loop's, and the group's other heads find it in L2. A
+      // prompt's rows share their slot and bring the lines in as they go: not asked for.
+      const bool alone_in_slot = (t + 1 == n || row_slot_[t + 1] != row_slot_[t]) &&
+                                 (t == 0 || row_slot_[t - 1] != row_slot_[t]);
+      if (alone_in_slot && (h % group == 0 || item == b)) prefetch_history(off, len);
       if (kv_type_ == KvCacheType::F32) {
         kt.attn_scores_f32(q, k_f32_.data() + off, hd, len, hd, scale, scores.data());
         kt.softmax(scores.data(), len);

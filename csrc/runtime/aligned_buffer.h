@@ -13,20 +13,34 @@
 
 namespace linly {
 
+constexpr size_t kHugePageBytes = (size_t)2 << 20;
+
+// `bytes` rounded up to whole 2 MiB pages, on a 2 MiB boundary, with transparent huge
+// pages asked for (advice only: where the OS declines, 4 KiB pages serve). Freed with
+// std::free. Throws std::bad_alloc.
+inline uint8_t* alloc_huge_pages(size_t bytes) {
+  const size_t rounded = (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  auto* p = static_cast<uint8_t*>(std::aligned_alloc(kHugePageBytes, rounded));
+  if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
   explicit AlignedBuffer(int64_t bytes) : size_(bytes) {
     if (bytes <= 0) return;
-    // Weight-sized buffers go on 2 MiB boundaries and ask for transparent huge pages:
-    // a GEMV streams them once per token and 4 KiB pages would cost a TLB miss per page.
-    const size_t align = (size_t)bytes >= kHuge ? kHuge : 64;
-    const size_t rounded = ((size_t)bytes + align - 1) / align * align;
-    data_ = static_cast<uint8_t*>(std::aligned_alloc(align, rounded));
+    // Big buffers (a KV cache, a bandwidth probe) go on huge pages: streamed through, 4 KiB
+    // pages would cost a TLB miss per page.
+    if ((size_t)bytes >= kHugePageBytes) {
+      data_ = alloc_huge_pages((size_t)bytes);
+      return;
+    }
+    data_ = static_cast<uint8_t*>(std::aligned_alloc(64, ((size_t)bytes + 63) / 64 * 64));
     if (!data_) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (align == kHuge) madvise(data_, rounded, MADV_HUGEPAGE);  // advice only; failure is harmless
-#endif
   }
   // Packed weights: a block of the weight arena (runtime/weight_arena.h), placed right
   // after the weights allocated before it, on huge pages even when it is small.
@@ -59,7 +73,6 @@ class AlignedBuffer {
   int64_t size() const { return size_; }
 
  private:
-  static constexpr size_t kHuge = (size_t)2 << 20;
   uint8_t* data_ = nullptr;
   int64_t size_ = 0;
   WeightSlab* slab_ = nullptr;  // set: data_ is a weight-arena block, not malloc'd

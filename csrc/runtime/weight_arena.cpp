@@ -3,9 +3,8 @@
 #include <cstdlib>
 #include <mutex>
 #include <new>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
+
+#include "runtime/aligned_buffer.h"
 
 namespace linly {
 
@@ -17,7 +16,6 @@ struct WeightSlab {
 };
 
 namespace {
-constexpr int64_t kHugePage = 2 << 20;
 // A slab holds several layers of a small model, or one or two matrices of a 7B one. Only
 // the pages written are backed by memory, so a slab's unused tail costs address space.
 constexpr int64_t kSlabBytes = 64 << 20;
@@ -42,12 +40,9 @@ WeightSlab* g_current = nullptr;  // the slab new blocks come from
 int64_t g_reserved = 0;
 
 WeightSlab* new_slab(int64_t at_least) {
-  const int64_t size = (at_least > kSlabBytes ? at_least + kHugePage - 1 : kSlabBytes) / kHugePage * kHugePage;
-  auto* base = static_cast<uint8_t*>(std::aligned_alloc(kHugePage, (size_t)size));
-  if (!base) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  madvise(base, (size_t)size, MADV_HUGEPAGE);  // advice only; without huge pages it still works
-#endif
+  const int64_t huge = (int64_t)kHugePageBytes;
+  const int64_t size = (at_least > kSlabBytes ? at_least + huge - 1 : kSlabBytes) / huge * huge;
+  uint8_t* base = alloc_huge_pages((size_t)size);
   g_reserved += size;
   return new WeightSlab{base, size};
 }

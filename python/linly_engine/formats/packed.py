@@ -11,8 +11,8 @@ tools), and it needs no code of our own to parse. What is ours is the content:
   embedding, with ``tie_word_embeddings`` true;
 - ``linly.tensors``: JSON ``{name: {"fmt", "shape", "layout"}}``. Integer formats are
   stored in the kernels' 16-row panel layout (``csrc/quant/panel.h``), so loading copies
-  the mapped bytes into the weight arena without repacking them; every tensor is stored as raw bytes (GGUF type I8)
-  because q4_g and panels have no GGUF type of their own;
+  the mapped bytes into the weight arena without repacking them; every tensor is stored
+  as raw bytes (GGUF type I8) because q4_g and panels have no GGUF type of their own;
 - ``linly.sha256``: the SHA-256 of all tensor bytes in ``linly.tensors`` order, then the
   files in ``linly.files`` order,
   checked by ``verify`` (not at every load: hashing gigabytes costs seconds);
