@@ -184,6 +184,32 @@ void bind_quant(py::module_& m) {
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("isa") = py::none(), py::arg("cache") = "f32",
      "softmax(q·kᵀ/√hd)·v for one head, through the given ISA's attention kernels; for tests.");
 
+  m.def("attention_group", [](const py::array& q, const py::array& k, const py::array& v, const py::object& isa) {
+    require_f32(q, "q", 2, 2);
+    require_f32(k, "k", 2, 2);
+    require_f32(v, "v", 2, 2);
+    const int64_t G = q.shape(0), hd = q.shape(1), len = k.shape(0);
+    if (G < 1 || k.shape(1) != hd || v.shape(0) != len || v.shape(1) != hd || len < 1)
+      throw py::value_error("need q [G >= 1, hd], k and v [len >= 1, hd]; got " + shape_str(q) + ", " + shape_str(k) +
+                            ", " + shape_str(v));
+    const KernelTable& kt = kernels_or_default(isa);
+    std::vector<uint16_t> kh((size_t)(len * hd)), vh((size_t)(len * hd));
+    const float* kp = static_cast<const float*>(k.data());
+    const float* vp = static_cast<const float*>(v.data());
+    for (size_t i = 0; i < kh.size(); ++i) { kh[i] = fp32_to_fp16(kp[i]); vh[i] = fp32_to_fp16(vp[i]); }
+    const int64_t ld = len + 3;  // a row pitch past len: the kernels must honour ld
+    std::vector<float> scores((size_t)(G * ld));
+    py::array_t<float> out({G, hd});
+    kt.attn_scores_f16_group(static_cast<const float*>(q.data()), G, kh.data(), hd, len, hd,
+                             1.0f / std::sqrt((float)hd), scores.data(), ld);
+    for (int64_t g = 0; g < G; ++g) kt.softmax(scores.data() + g * ld, len);
+    for (int64_t g = 0; g < G; ++g)
+      kt.attn_mix_f16(scores.data() + g * ld, vh.data(), hd, len, hd, out.mutable_data() + g * hd);
+    return out;
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("isa") = py::none(),
+     "softmax(q_g·kᵀ/√hd)·v for G query heads sharing one f16 K/V head, through the given ISA's grouped "
+     "score kernel (then softmax and mix per head); for tests.");
+
   m.def("swiglu", [](const py::array& gate, const py::array& up, const py::object& isa) {
     require_f32(gate, "gate", 1, 1);
     require_f32(up, "up", 1, 1);

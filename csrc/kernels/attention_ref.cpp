@@ -51,6 +51,11 @@ void attn_mix_f16_ref(const float* p, const uint16_t* v, int64_t stride, int64_t
     for (int64_t i = 0; i < hd; ++i) out[i] += p[j] * fp16_to_fp32(v[j * stride + i]);
 }
 
+void attn_scores_f16_group_ref(const float* q, int64_t G, const uint16_t* k, int64_t stride, int64_t len,
+                               int64_t hd, float scale, float* scores, int64_t ld) {
+  for (int64_t g = 0; g < G; ++g) attn_scores_f16_ref(q + g * hd, k, stride, len, hd, scale, scores + g * ld);
+}
+
 void attn_scores_q8_ref(const float* q, const block_q8_0* k, int64_t stride, int64_t len, int64_t hd, float scale,
                         float* scores) {
   for (int64_t j = 0; j < len; ++j) {

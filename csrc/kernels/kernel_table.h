@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/attention_ref.h"
 #include "quant/formats.h"
 
 namespace linly {
@@ -68,6 +69,10 @@ struct KernelTable {
   // Whether matmul_f32 also reads the prompt input for row-major f16 weights with k a
   // multiple of 32; its callers then hand it row ranges in whole 16-row panels.
   bool f16_prompt_input = false;
+  // Attention scores for the G query heads of one KV head over an f16 cache, reading each
+  // K row once for them (attention_ref.h; the scalar twin unless an ISA has its own).
+  void (*attn_scores_f16_group)(const float* q, int64_t G, const uint16_t* k, int64_t stride, int64_t len,
+                                int64_t hd, float scale, float* scores, int64_t ld) = attn_scores_f16_group_ref;
   // Whether matmul_f32 with x rounded to bf16 (MatmulArgs::x_bf16) has a kernel of its own
   // that beats the int8 path on prompt-sized batches (the fast mode's prompts; AMX only).
   bool bf16_prompts = false;
@@ -95,6 +100,8 @@ void attn_scores_q8_avx2(const float* q, const block_q8_0* k, int64_t stride, in
                          float* scores);
 void attn_mix_q8_avx2(const float* p, const block_q8_0* v, int64_t stride, int64_t len, int64_t hd, float* out);
 void swiglu_avx2(float* gate, const float* up, int64_t n);
+void attn_scores_f16_group_avx2(const float* q, int64_t G, const uint16_t* k, int64_t stride, int64_t len,
+                                int64_t hd, float scale, float* scores, int64_t ld);
 void gemm_tiles_avx2(const MatmulArgs& args, int64_t begin, int64_t end);    // gemm_tiles_avx2.cpp
 // Precise prompt rows (args.prompt) as int16 products; false (nothing done) when its
 // per-thread buffer could not be had. gemm_i16_avx2.cpp.

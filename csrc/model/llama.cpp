@@ -129,6 +129,32 @@ void LlamaModel::attention(int64_t layer, int64_t n) {
   // every row: row-major chunks gave one thread a prompt's short early rows and the
   // other its long late ones (causal work grows with the row).
   const KernelTable& kt = *kt_;
+  if (kv_type_ == KvCacheType::F16 && group > 1) {
+    // The f16 cache (the default) with grouped-query heads: one work item per (row, KV
+    // head), whose `group` query heads are consecutive in q_ and att_. Their scores read
+    // each K row once (attn_scores_f16_group); the mix stays per head, where sharing V
+    // measured slower (benchmarks/NOTES.md, session 24). Head-major as below.
+    const int64_t KVH = cfg_.n_kv_heads;
+    global_pool()->parallel_for(n * KVH, [&](int64_t b, int64_t e) {
+      thread_local std::vector<float> scores;  // [group][len]
+      grow(scores, (size_t)(group * cfg_.max_context));
+      for (int64_t item = b; item < e; ++item) {
+        const int64_t t = item % n, kvh = item / n;
+        const int64_t len = row_pos_[t] + 1;
+        const float* q = q_.data() + t * q_dim_ + kvh * group * hd;
+        float* out = att_.data() + t * q_dim_ + kvh * group * hd;
+        const size_t off = kv_offset(row_slot_[t], layer, kvh, 0);
+        const bool alone_in_slot = (t + 1 == n || row_slot_[t + 1] != row_slot_[t]) &&
+                                   (t == 0 || row_slot_[t - 1] != row_slot_[t]);
+        if (alone_in_slot) prefetch_history(off, len);  // as below
+        kt.attn_scores_f16_group(q, group, k_f16_.data() + off, hd, len, hd, scale, scores.data(), len);
+        for (int64_t g = 0; g < group; ++g) kt.softmax(scores.data() + g * len, len);
+        for (int64_t g = 0; g < group; ++g)
+          kt.attn_mix_f16(scores.data() + g * len, v_f16_.data() + off, hd, len, hd, out + g * hd);
+      }
+    });
+    return;
+  }
   global_pool()->parallel_for(n * H, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> scores;
     grow(scores, (size_t)cfg_.max_context);

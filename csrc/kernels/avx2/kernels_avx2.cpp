@@ -599,7 +599,53 @@ void attn_mix(const float* p, const void* v, int64_t stride, int64_t len, int64_
   }
 }
 
+// Grouped-query attention: the G query heads of one KV head read the same K and V rows.
+// Each f16 row is converted once for up to three heads instead of once per head: four keys
+// by three heads are twelve accumulators beside four converted rows, the sixteen ymm
+// registers. Every (key, head) sum is formed exactly as attn_scores forms it (one FMA chain
+// over the head, then hsum4), and the keys past the last multiple of four go through it.
+template <int GH>
+void attn_scores_f16_heads(const float* q, const uint16_t* k, int64_t stride, int64_t len, int64_t hd, float scale,
+                           float* scores, int64_t ld) {
+  int64_t j = 0;
+  for (; j + 4 <= len; j += 4) {
+    __m256 a[GH][4];
+#pragma GCC unroll 3
+    for (int g = 0; g < GH; ++g)
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) a[g][r] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < hd; i += 8) {
+      __m256 kv[4];
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) kv[r] = load_kv8<true>(k + (j + r) * stride, i);
+#pragma GCC unroll 3
+      for (int g = 0; g < GH; ++g) {
+        const __m256 qv = _mm256_loadu_ps(q + g * hd + i);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) a[g][r] = _mm256_fmadd_ps(qv, kv[r], a[g][r]);
+      }
+    }
+#pragma GCC unroll 3
+    for (int g = 0; g < GH; ++g)
+      _mm_storeu_ps(scores + g * ld + j, _mm_mul_ps(hsum4(a[g][0], a[g][1], a[g][2], a[g][3]), _mm_set1_ps(scale)));
+  }
+  for (; j < len; ++j)
+    for (int g = 0; g < GH; ++g) attn_scores<true>(q + g * hd, k + j * stride, stride, 1, hd, scale, scores + g * ld + j);
+}
+
 }  // namespace
+
+void attn_scores_f16_group_avx2(const float* q, int64_t G, const uint16_t* k, int64_t stride, int64_t len,
+                                int64_t hd, float scale, float* scores, int64_t ld) {
+  if (hd % 8 != 0) {
+    for (int64_t g = 0; g < G; ++g) attn_scores<true>(q + g * hd, k, stride, len, hd, scale, scores + g * ld);
+    return;
+  }
+  int64_t g = 0;
+  for (; g + 3 <= G; g += 3) attn_scores_f16_heads<3>(q + g * hd, k, stride, len, hd, scale, scores + g * ld, ld);
+  if (G - g == 2) attn_scores_f16_heads<2>(q + g * hd, k, stride, len, hd, scale, scores + g * ld, ld);
+  if (G - g == 1) attn_scores_f16_heads<1>(q + g * hd, k, stride, len, hd, scale, scores + g * ld, ld);
+}
 
 void attn_scores_f32_avx2(const float* q, const float* k, int64_t stride, int64_t len, int64_t hd, float scale,
                           float* scores) {
@@ -698,10 +744,14 @@ void softmax_avx2(float* x, int64_t len) {
 }
 
 const KernelTable& kernels_avx2() {
-  static const KernelTable t{Isa::Avx2, "avx2", true, quantize_act_avx2, round_act_f16_avx2, matmul_avx2, read_checksum_avx2,
-                             attn_scores_f32_avx2, attn_scores_f16_avx2, softmax_avx2, attn_mix_f32_avx2,
-                             attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx2,
-                             /*f32_prompts=*/false, /*dense_prompts=*/true, swiglu_avx2};
+  static const KernelTable t = [] {
+    KernelTable k{Isa::Avx2, "avx2", true, quantize_act_avx2, round_act_f16_avx2, matmul_avx2, read_checksum_avx2,
+                  attn_scores_f32_avx2, attn_scores_f16_avx2, softmax_avx2, attn_mix_f32_avx2,
+                  attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx2,
+                  /*f32_prompts=*/false, /*dense_prompts=*/true, swiglu_avx2};
+    k.attn_scores_f16_group = attn_scores_f16_group_avx2;
+    return k;
+  }();
   return t;
 }
 

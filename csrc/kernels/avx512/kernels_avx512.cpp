@@ -535,9 +535,13 @@ uint64_t read_checksum_avx512(const uint8_t* p, int64_t bytes) {
 }  // namespace
 
 const KernelTable& kernels_avx512() {
-  static const KernelTable t{Isa::Avx512, "avx512", true, quantize_act_avx512, round_act_f16_avx512, matmul_avx512, read_checksum_avx512,
-                             attn_scores_f32_avx2, attn_scores_f16_avx2, softmax_avx2, attn_mix_f32_avx2,
-                             attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx512, false, true, swiglu_avx2};
+  static const KernelTable t = [] {
+    KernelTable k{Isa::Avx512, "avx512", true, quantize_act_avx512, round_act_f16_avx512, matmul_avx512,
+                  read_checksum_avx512, attn_scores_f32_avx2, attn_scores_f16_avx2, softmax_avx2, attn_mix_f32_avx2,
+                  attn_mix_f16_avx2, attn_scores_q8_avx2, attn_mix_q8_avx2, gemm_tiles_avx512, false, true, swiglu_avx2};
+    k.attn_scores_f16_group = attn_scores_f16_group_avx2;  // the AVX2 attention kernels serve here too
+    return k;
+  }();
   return t;
 }
 
