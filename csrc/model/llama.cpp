@@ -124,45 +124,25 @@ void LlamaModel::prefetch_history(size_t off, int64_t len) const {
 void LlamaModel::attention(int64_t layer, int64_t n) {
   const int64_t hd = cfg_.head_dim, H = cfg_.n_heads, group = cfg_.n_heads / cfg_.n_kv_heads;
   const float scale = 1.0f / std::sqrt((float)hd);
-  // One (row, head) pair per work item; each reads its own sequence's cache up to its
+  const KernelTable& kt = *kt_;
+  // The f16 cache (the default) scores a KV head's `group` query heads together: they are
+  // consecutive in q_ and att_, and attn_scores_f16_group reads each K row once for them.
+  // Other caches take one query head per item (finer pieces for the threads, and no
+  // shared-K kernel to gain from). The mix stays per head either way: sharing V measured
+  // slower (benchmarks/NOTES.md, session 24).
+  const int64_t per_item = kv_type_ == KvCacheType::F16 ? group : 1;
+  // One (row, heads) pair per work item; each reads its own sequence's cache up to its
   // own position. Items run head-major so that each thread's contiguous chunk holds
   // every row: row-major chunks gave one thread a prompt's short early rows and the
   // other its long late ones (causal work grows with the row).
-  const KernelTable& kt = *kt_;
-  if (kv_type_ == KvCacheType::F16 && group > 1) {
-    // The f16 cache (the default) with grouped-query heads: one work item per (row, KV
-    // head), whose `group` query heads are consecutive in q_ and att_. Their scores read
-    // each K row once (attn_scores_f16_group); the mix stays per head, where sharing V
-    // measured slower (benchmarks/NOTES.md, session 24). Head-major as below.
-    const int64_t KVH = cfg_.n_kv_heads;
-    global_pool()->parallel_for(n * KVH, [&](int64_t b, int64_t e) {
-      thread_local std::vector<float> scores;  // [group][len]
-      grow(scores, (size_t)(group * cfg_.max_context));
-      for (int64_t item = b; item < e; ++item) {
-        const int64_t t = item % n, kvh = item / n;
-        const int64_t len = row_pos_[t] + 1;
-        const float* q = q_.data() + t * q_dim_ + kvh * group * hd;
-        float* out = att_.data() + t * q_dim_ + kvh * group * hd;
-        const size_t off = kv_offset(row_slot_[t], layer, kvh, 0);
-        const bool alone_in_slot = (t + 1 == n || row_slot_[t + 1] != row_slot_[t]) &&
-                                   (t == 0 || row_slot_[t - 1] != row_slot_[t]);
-        if (alone_in_slot) prefetch_history(off, len);  // as below
-        kt.attn_scores_f16_group(q, group, k_f16_.data() + off, hd, len, hd, scale, scores.data(), len);
-        for (int64_t g = 0; g < group; ++g) kt.softmax(scores.data() + g * len, len);
-        for (int64_t g = 0; g < group; ++g)
-          kt.attn_mix_f16(scores.data() + g * len, v_f16_.data() + off, hd, len, hd, out + g * hd);
-      }
-    });
-    return;
-  }
-  global_pool()->parallel_for(n * H, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> scores;
-    grow(scores, (size_t)cfg_.max_context);
+  global_pool()->parallel_for(n * (H / per_item), [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> scores;  // [per_item][len]
+    grow(scores, (size_t)(per_item * cfg_.max_context));
     for (int64_t item = b; item < e; ++item) {
-      const int64_t t = item % n, h = item / n, kvh = h / group;
+      const int64_t t = item % n, h0 = item / n * per_item, kvh = h0 / group;
       const int64_t len = row_pos_[t] + 1;  // causal: positions 0..row_pos
-      const float* q = q_.data() + t * q_dim_ + h * hd;
-      float* out = att_.data() + t * q_dim_ + h * hd;
+      const float* q = q_.data() + t * q_dim_ + h0 * hd;
+      float* out = att_.data() + t * q_dim_ + h0 * hd;
       const size_t off = kv_offset(row_slot_[t], layer, kvh, 0);  // rows of hd, one per position
       // A decode row's history is one short stream of K and one of V per KV head. Asked
       // for in one burst before the group's first head, it arrives at the memory's pace
@@ -170,19 +150,19 @@ void LlamaModel::attention(int64_t layer, int64_t n) {
       // prompt's rows share their slot and bring the lines in as they go: not asked for.
       const bool alone_in_slot = (t + 1 == n || row_slot_[t + 1] != row_slot_[t]) &&
                                  (t == 0 || row_slot_[t - 1] != row_slot_[t]);
-      if (alone_in_slot && (h % group == 0 || item == b)) prefetch_history(off, len);
-      if (kv_type_ == KvCacheType::F32) {
+      if (alone_in_slot && (h0 % group == 0 || item == b)) prefetch_history(off, len);
+      if (kv_type_ == KvCacheType::F16)
+        kt.attn_scores_f16_group(q, per_item, k_f16_.data() + off, hd, len, hd, scale, scores.data(), len);
+      else if (kv_type_ == KvCacheType::F32)
         kt.attn_scores_f32(q, k_f32_.data() + off, hd, len, hd, scale, scores.data());
-        kt.softmax(scores.data(), len);
-        kt.attn_mix_f32(scores.data(), v_f32_.data() + off, hd, len, hd, out);
-      } else if (kv_type_ == KvCacheType::Q8_0) {  // element offsets are whole blocks: hd % 32 == 0
+      else  // element offsets are whole blocks: hd % 32 == 0
         kt.attn_scores_q8(q, k_q8_.data() + off / QK, hd / QK, len, hd, scale, scores.data());
-        kt.softmax(scores.data(), len);
-        kt.attn_mix_q8(scores.data(), v_q8_.data() + off / QK, hd / QK, len, hd, out);
-      } else {
-        kt.attn_scores_f16(q, k_f16_.data() + off, hd, len, hd, scale, scores.data());
-        kt.softmax(scores.data(), len);
-        kt.attn_mix_f16(scores.data(), v_f16_.data() + off, hd, len, hd, out);
+      for (int64_t g = 0; g < per_item; ++g) {
+        float* p = scores.data() + g * len;
+        kt.softmax(p, len);
+        if (kv_type_ == KvCacheType::F16) kt.attn_mix_f16(p, v_f16_.data() + off, hd, len, hd, out + g * hd);
+        else if (kv_type_ == KvCacheType::F32) kt.attn_mix_f32(p, v_f32_.data() + off, hd, len, hd, out + g * hd);
+        else kt.attn_mix_q8(p, v_q8_.data() + off / QK, hd / QK, len, hd, out + g * hd);
       }
     }
   });
