@@ -377,12 +377,27 @@ def test_reference_means_x_times_w_transposed(fmt, rng):
 
 def test_panel_repack_round_trip(rng):
     for fmt in QUANT:
-        for n in (1, 15, 16, 17, 45):
-            k = 3 * le.format_info(fmt)["block_elems"]
-            data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
-            panels = _C.repack_panels(data, fmt, k)
-            assert panels.size % 64 == 0
-            np.testing.assert_array_equal(_C.unpack_panels(panels, fmt, n, k), data)
+        block = le.format_info(fmt)["block_elems"]
+        # one K-slice (1024 weights) or less; two full ones; several and a partial one
+        for k in (3 * block, 2048, 2048 + 3 * block):
+            for n in (1, 15, 16, 17, 45):
+                data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), fmt)
+                panels = _C.repack_panels(data, fmt, k)
+                assert panels.size % 64 == 0 and panels.size == _C.panel_bytes(fmt, k) * ((n + 15) // 16)
+                np.testing.assert_array_equal(_C.unpack_panels(panels, fmt, n, k), data)
+
+
+def test_panels_are_stored_slice_by_slice(rng):
+    """panel.h: K-slices of 1024 weights, each holding every panel's piece side by side, so
+    a GEMV's thread reads its pieces of one slice as one stream. Zeroing the first slice's
+    bytes must zero exactly the first 1024 columns of every row."""
+    n, k = 37, 2048 + 96
+    data = le.quantize(rng.standard_normal((n, k)).astype(np.float32), "q4_0")
+    panels = _C.repack_panels(data, "q4_0", k)
+    piece = 16 * 1024 // 32 * 18  # 16 rows x 32 blocks of 18 bytes, a multiple of 64
+    panels[: 3 * piece] = 0  # slice 0: the pieces of panels 0, 1 and 2
+    w = le.dequantize(_C.unpack_panels(panels, "q4_0", n, k), "q4_0", k)
+    assert np.all(w[:, :1024] == 0) and np.all(np.abs(w[:, 1024:]).max(axis=1) > 0)
 
 
 @pytest.mark.parametrize("isa", ISAS)

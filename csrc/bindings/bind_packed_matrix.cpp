@@ -21,7 +21,7 @@ std::unique_ptr<PyPackedMatrix> PyPackedMatrix::from_panels(py::array panels, co
   if (!format_has_panels(fmt))
     throw py::value_error(std::string(format_info(fmt).name) + " has no panel layout; store it as rows");
   if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
-  const int64_t need = panel_count(n) * panel_layout(fmt, k).panel_bytes;
+  const int64_t need = panel_count(n) * panel_layout(fmt, n, k).panel_bytes;
   if (panels.dtype().kind() != 'u' || panels.itemsize() != 1 || panels.ndim() != 1 ||
       !(panels.flags() & py::array::c_style))
     throw py::value_error("panels must be a contiguous 1-D uint8 array");

@@ -227,15 +227,15 @@ void bind_quant(py::module_& m) {
     const Format f = parse_format_or_throw(name);
     require_k(f, k);
     if (!format_has_panels(f)) throw py::value_error(std::string(format_info(f).name) + " has no panel layout");
-    return panel_layout(f, k).panel_bytes;
-  }, py::arg("fmt"), py::arg("k"), "Bytes of one 16-row panel.");
+    return panel_layout(f, 1, k).panel_bytes;
+  }, py::arg("fmt"), py::arg("k"), "Bytes of one 16-row panel (its pieces of every K-slice together).");
 
   m.def("repack_panels", [](const py::array& data, const std::string& fmt_name, int64_t k) {
     const Format fmt = parse_format_or_throw(fmt_name);
     require_packed_rows(data, fmt, k);
     if (!format_has_panels(fmt)) throw py::value_error(std::string(format_info(fmt).name) + " has no panel layout");
     const int64_t n = data.shape(0);
-    py::array_t<uint8_t> out(panel_count(n) * panel_layout(fmt, k).panel_bytes);
+    py::array_t<uint8_t> out(panel_count(n) * panel_layout(fmt, n, k).panel_bytes);
     repack_to_panels(fmt, static_cast<const uint8_t*>(data.data()), n, k, out.mutable_data());
     return out;
   }, py::arg("data"), py::arg("fmt"), py::arg("k"), "On-disk rows -> 16-row panels (in-memory layout).");
@@ -245,7 +245,7 @@ void bind_quant(py::module_& m) {
     require_k(fmt, k);
     if (!format_has_panels(fmt)) throw py::value_error(std::string(format_info(fmt).name) + " has no panel layout");
     if (n < 1) throw py::value_error("n must be >= 1");
-    const int64_t need = panel_count(n) * panel_layout(fmt, k).panel_bytes;
+    const int64_t need = panel_count(n) * panel_layout(fmt, n, k).panel_bytes;
     if (panels.dtype().kind() != 'u' || panels.itemsize() != 1 || panels.ndim() != 1 ||
         !(panels.flags() & py::array::c_style) || panels.shape(0) != need)
       throw py::value_error("panels must be a contiguous 1-D uint8 array of " + std::to_string(need) + " bytes");

@@ -36,15 +36,13 @@ PackedMatrix::PackedMatrix(Format fmt, int64_t n, int64_t k, const uint8_t* byte
   const bool want_panels = kernels.uses_panels && format_has_panels(fmt);
   const int64_t rb = row_bytes(fmt, k);
   if (want_panels && layout == Layout::Panels) {  // a .linly file's panels, as they are
-    owned_ = copy_to_arena(bytes, panel_count(n) * panel_layout(fmt, k).panel_bytes);
+    owned_ = copy_to_arena(bytes, panel_count(n) * panel_layout(fmt, n, k).panel_bytes);
     panels_ = owned_.data();
   } else if (want_panels) {  // rows repacked into panels
-    const int64_t pb = panel_layout(fmt, k).panel_bytes;
-    owned_ = AlignedBuffer::weights(panel_count(n) * pb);
+    owned_ = AlignedBuffer::weights(panel_count(n) * panel_layout(fmt, n, k).panel_bytes);
     uint8_t* out = owned_.data();
     global_pool()->parallel_for(panel_count(n), [&](int64_t p0, int64_t p1) {
-      const int64_t r0 = p0 * kPanelRows, r1 = p1 * kPanelRows < n ? p1 * kPanelRows : n;
-      repack_to_panels(fmt, bytes + r0 * rb, r1 - r0, k, out + p0 * pb);
+      repack_to_panels(fmt, bytes, n, k, out, p0, p1);
     });
     panels_ = out;
   } else if (layout == Layout::Panels) {  // e.g. the scalar path given a panel-stored file
@@ -76,12 +74,12 @@ void PackedMatrix::dequantize_stored_row(int64_t r, float* out) const {
   }
   thread_local std::vector<uint8_t> row;
   if ((int64_t)row.size() < rb) row.resize(rb);
-  panel_row_to_plain(fmt_, panels_, k_, r, row.data());
+  panel_row_to_plain(fmt_, panels_, n_, k_, r, row.data());
   linly::dequantize_row(fmt_, row.data(), out, k_);
 }
 
 int64_t PackedMatrix::weight_bytes() const {
-  return panels_ ? panel_count(n_) * panel_layout(fmt_, k_).panel_bytes : n_ * row_bytes(fmt_, k_);
+  return panels_ ? panel_count(n_) * panel_layout(fmt_, n_, k_).panel_bytes : n_ * row_bytes(fmt_, k_);
 }
 
 void quantize_activations(const KernelTable& kt, const float* x, int64_t m, int64_t k, block_q8_act* out) {

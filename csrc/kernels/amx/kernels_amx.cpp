@@ -102,11 +102,11 @@ struct PanelBlocks {
 };
 
 template <Format F>
-void unpack_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, PanelBlocks& out) {
+void unpack_panel(const uint8_t* w, const PanelLayout& L, int64_t p, int64_t nb, PanelBlocks& out) {
   out.reserve(nb);
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* q = panel + L.qs_offset(b);
-    const uint8_t* rec = panel + L.record_offset(b);
+  for (int64_t b = 0; b < nb; ++b) {  // panel p's blocks, through its pieces of every K-slice
+    const uint8_t* q = w + L.qs_at(p, b);
+    const uint8_t* rec = w + L.record_at(p, b);
     _mm512_store_ps((float*)out.d.data() + b * 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)rec)));
     if (F == Format::Q4_1)
       _mm512_store_ps((float*)out.mn.data() + b * 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(rec + 32))));
@@ -179,13 +179,13 @@ void prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end, int64_t tiles
   thread_local PanelBlocks pb;
   thread_local PromptScales ps;
   alignas(64) int32_t sums[2][2][256];  // per parity: S1 then S2, 16 x 16 each
-  const PanelLayout L = panel_layout(a.fmt, a.k);
+  const PanelLayout L = panel_layout(a.fmt, a.n, a.k);
   const int64_t nb = a.k / QK;
   const int64_t x_stride = nb * (int64_t)sizeof(block_q8_act);  // bytes from one row's block to the next row's
   gather_scales(a.xq, a.m, nb, F == Format::Q4_1, ps);
   configure_tiles();
   for (int64_t p = begin; p < end; ++p) {
-    unpack_panel<F>(a.w + p * L.panel_bytes, L, nb, pb);
+    unpack_panel<F>(a.w, L, p, nb, pb);
     // GCC's tileloadd asm names no memory operand: keep the unpacked stores before it.
     __asm__ volatile("" ::: "memory");
     const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
@@ -284,7 +284,9 @@ struct PanelSource {
   PanelLayout L;      // integer formats
   int64_t row_bytes;  // f16
   int64_t n;
-  const uint8_t* panel(int64_t p) const { return w + (L.panel_bytes ? p * L.panel_bytes : p * kPanelRows * row_bytes); }
+  const uint8_t* f16_rows(int64_t p) const { return w + p * kPanelRows * row_bytes; }
+  const uint8_t* codes(int64_t p, int64_t b) const { return w + L.qs_at(p, b); }
+  const uint8_t* record(int64_t p, int64_t b) const { return w + L.record_at(p, b); }
   int rows(int64_t p) const { return (int)std::min<int64_t>(kPanelRows, n - p * kPanelRows); }
 };
 
@@ -319,7 +321,7 @@ inline void unpack_block(const PanelSource& src, int64_t p, int64_t b, uint8_t* 
     // Row i's block is 16 dwords of f16 pairs (elements 2q, 2q+1): transposed, dword i
     // of vector q is row i's pair q, the tile row layout; f16's 11 significant bits
     // split exactly into wh + wl.
-    const uint8_t* base = src.panel(p) + b * QK * 2;
+    const uint8_t* base = src.f16_rows(p) + b * QK * 2;
     const int rows = src.rows(p);
     __m512i r[16];
     for (int i = 0; i < 16; ++i)
@@ -332,10 +334,8 @@ inline void unpack_block(const PanelSource& src, int64_t p, int64_t b, uint8_t* 
     }
     return;
   }
-  const uint8_t* panel = src.panel(p);
-  const PanelLayout& L = src.L;
-  const uint8_t* rec = panel + L.record_offset(b);
-  const uint8_t* q = panel + L.qs_offset(b);
+  const uint8_t* rec = src.record(p, b);
+  const uint8_t* q = src.codes(p, b);
   const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)rec));
   // A nibble's value by table lookup (vpermps reads the low 4 bits of each index lane):
   // q - 8 for q4_0, q for q4_1 (then d·q + m) and q4_gG (then d·q - d·z, exact: d·z
@@ -527,7 +527,7 @@ void tile_group(const MatmulArgs& a, const PanelSource& src, const uint8_t* w, c
 template <Format F, bool SplitX>
 void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
   thread_local AlignedBuffer wbuf;
-  const PanelSource src{a.w, F == Format::F16 ? PanelLayout{} : panel_layout(a.fmt, a.k), a.k * 2, a.n};
+  const PanelSource src{a.w, F == Format::F16 ? PanelLayout{} : panel_layout(a.fmt, a.n, a.k), a.k * 2, a.n};
   const int64_t nb = a.k / QK;
   const int64_t tiles = (a.m + kTileRows - 1) / kTileRows, groups = (tiles + kGroupTiles - 1) / kGroupTiles;
   const int64_t range = std::min<int64_t>(kMaxRangeBlocks, std::max<int64_t>(4, kActivationRangeBytes / (tiles * 2048)));

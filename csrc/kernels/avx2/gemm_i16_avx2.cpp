@@ -31,6 +31,7 @@ namespace {
 constexpr int kMr = 6;      // activation rows per packed block; the micro-kernel takes three
 constexpr int kKc = 256;    // tile columns: 8 KiB of int16 pairs, a quarter of L1d
 constexpr int kGroup = 16;  // tiles sharing a pass over K: y[:, 256 columns] stays in L2
+static_assert(kSliceBlocks % (kKc / QK) == 0, "a tile's blocks lie in one K-slice (panel.h)");
 
 // Grow-only per-thread memory. Plain malloc, not std::vector: a template instantiated in
 // this unit is compiled with AVX2 flags, and the linker may hand that copy to portable code.
@@ -252,11 +253,22 @@ void prefetch_blocks(const uint8_t* panel, const PanelLayout& L, int64_t b0, int
   for (int64_t o = lo; o < hi; o += 64) _mm_prefetch((const char*)(panel + o), _MM_HINT_T0);
 }
 
+// A tile's blocks [b0, b0 + kKc/QK) lie in one K-slice (panel.h): panel p's piece of it.
+struct TilePiece {
+  const uint8_t* w;
+  PanelLayout L;
+  int64_t b0;  // within the piece
+};
+TilePiece tile_piece(const MatmulArgs& a, const PanelLayout& L, int64_t p, int64_t b0) {
+  const int64_t s = b0 / kSliceBlocks;
+  return {a.w + L.piece_offset(p, s), L.piece(s), b0 % kSliceBlocks};
+}
+
 }  // namespace
 
 bool gemm_i16_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
   // [begin, end) counts panels. Tiles in groups of kGroup, K chunks inside a group.
-  const PanelLayout L = panel_layout(a.fmt, a.k);
+  const PanelLayout L = panel_layout(a.fmt, a.n, a.k);
   const int64_t nb = a.k / QK, groups = (a.m + kMr - 1) / kMr;
   thread_local Scratch scratch;
   const size_t xp_bytes = (size_t)(groups * nb * 16 * kMr) * 4, d_bytes = (size_t)(groups * nb * kMr) * 4;
@@ -276,9 +288,13 @@ bool gemm_i16_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
       for (int64_t p = g0; p < g1; ++p) {
         // The next tile in this order: the group's next panel, or its first at the next chunk.
         const int64_t np = p + 1 < g1 ? p + 1 : g0, nb0 = p + 1 < g1 ? b0 : b0 + kKc / QK;
-        if (nb0 < nb) prefetch_blocks(a.w + np * L.panel_bytes, L, nb0, nb0 + kKc / QK < nb ? nb0 + kKc / QK : nb);
+        if (nb0 < nb) {
+          const TilePiece next = tile_piece(a, L, np, nb0);
+          prefetch_blocks(next.w, next.L, next.b0, next.b0 + (nb0 + kKc / QK < nb ? kKc / QK : nb - nb0));
+        }
         const int cols = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
-        fill(a.fmt, a.w + p * L.panel_bytes, L, b0, nblk, tile, dw, mw);
+        const TilePiece here = tile_piece(a, L, p, b0);
+        fill(a.fmt, here.w, here.L, here.b0, nblk, tile, dw, mw);
         for (int64_t g = 0; g < groups; ++g) {
           const int mr = (int)(a.m - g * kMr < kMr ? a.m - g * kMr : kMr);
           const int32_t* xg = xp + (g * nb + b0) * 16 * kMr;

@@ -32,6 +32,7 @@ namespace {
 
 constexpr int kKc = 256;  // tile columns: 256 × 16 floats = 16 KiB, half an L1d
 constexpr int kGroup = 16;  // tiles sharing a pass over K (see gemm_tiles_avx2)
+static_assert(kSliceBlocks % (kKc / QK) == 0, "a tile's blocks lie in one K-slice (panel.h)");
 constexpr int kMr = 6;    // activation rows per packed block (pack_x); the AVX2 micro-kernel
                           // takes one block (12 ymm accumulators), the AVX-512 one two
 
@@ -161,16 +162,18 @@ struct TileSource {
       }
       return;
     }
-    const uint8_t* panel = a.w + (r0 / kPanelRows) * L.panel_bytes;
-    const int64_t b0 = k0 / QK;
+    // A tile's blocks lie in one K-slice (kKc divides it): panel r0/16's piece of it.
+    const int64_t s = k0 / QK / kSliceBlocks, b0 = k0 / QK % kSliceBlocks;
+    const uint8_t* panel = a.w + L.piece_offset(r0 / kPanelRows, s);
+    const PanelLayout Ls = L.piece(s);
     const int nblk = kc / QK;
     switch (a.fmt) {
-      case Format::Q4_0: panel_to_tile<Format::Q4_0>(panel, L, b0, nblk, tile); break;
-      case Format::Q4_1: panel_to_tile<Format::Q4_1>(panel, L, b0, nblk, tile); break;
-      case Format::Q8_0: panel_to_tile<Format::Q8_0>(panel, L, b0, nblk, tile); break;
-      case Format::Q4_G32: panel_to_tile<Format::Q4_G32>(panel, L, b0, nblk, tile); break;
-      case Format::Q4_G64: panel_to_tile<Format::Q4_G64>(panel, L, b0, nblk, tile); break;
-      case Format::Q4_G128: panel_to_tile<Format::Q4_G128>(panel, L, b0, nblk, tile); break;
+      case Format::Q4_0: panel_to_tile<Format::Q4_0>(panel, Ls, b0, nblk, tile); break;
+      case Format::Q4_1: panel_to_tile<Format::Q4_1>(panel, Ls, b0, nblk, tile); break;
+      case Format::Q8_0: panel_to_tile<Format::Q8_0>(panel, Ls, b0, nblk, tile); break;
+      case Format::Q4_G32: panel_to_tile<Format::Q4_G32>(panel, Ls, b0, nblk, tile); break;
+      case Format::Q4_G64: panel_to_tile<Format::Q4_G64>(panel, Ls, b0, nblk, tile); break;
+      case Format::Q4_G128: panel_to_tile<Format::Q4_G128>(panel, Ls, b0, nblk, tile); break;
       default: break;
     }
   }
@@ -187,10 +190,11 @@ struct TileSource {
       }
       return;
     }
-    // Blocks [b0, b1) with their records lie in [qs_offset(b0), record_offset(b1 - 1) + record).
-    const int64_t b0 = k0 / QK, b1 = b0 + kc / QK;
-    const uint8_t* panel = a.w + (r0 / kPanelRows) * L.panel_bytes;
-    const int64_t lo = L.qs_offset(b0), hi = L.record_offset(b1 - 1) + L.record_bytes;
+    // Blocks [b0, b1) of a piece with their records lie in [qs_offset(b0), record_offset(b1 - 1) + record).
+    const int64_t s = k0 / QK / kSliceBlocks, b0 = k0 / QK % kSliceBlocks, b1 = b0 + kc / QK;
+    const uint8_t* panel = a.w + L.piece_offset(r0 / kPanelRows, s);
+    const PanelLayout Ls = L.piece(s);
+    const int64_t lo = Ls.qs_offset(b0), hi = Ls.record_offset(b1 - 1) + Ls.record_bytes;
     for (int64_t o = lo; o < hi; o += 64) _mm_prefetch((const char*)(panel + o), _MM_HINT_T0);
   }
 };
@@ -204,7 +208,7 @@ void gemm_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
   // An integer format the table keeps as rows has no tile reader here; the reference is
   // correct for it.
   if (!a.panels && format_info(a.fmt).integer_path) { matmul_ref(a, begin, end); return; }
-  const TileSource src{a, a.panels ? panel_layout(a.fmt, a.k) : PanelLayout{}, row_bytes(a.fmt, a.k)};
+  const TileSource src{a, a.panels ? panel_layout(a.fmt, a.n, a.k) : PanelLayout{}, row_bytes(a.fmt, a.k)};
   const int64_t row0 = a.panels ? begin * kPanelRows : begin;
   const int64_t row1 = a.panels ? (end * kPanelRows < a.n ? end * kPanelRows : a.n) : end;
   const int64_t tiles = (row1 - row0 + kPanelRows - 1) / kPanelRows;

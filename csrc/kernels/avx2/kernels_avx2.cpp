@@ -92,6 +92,15 @@ inline void store_rows(float* y, __m256 v, int rows) {  // rows: how many of the
   _mm256_store_ps(t, v);
   for (int r = 0; r < rows; ++r) y[r] = t[r];
 }
+// A panel's sums so far (rows ≤ 0: none): zero at the first K-slice, the earlier slices'
+// result after it (the FMA chain then runs through y exactly as in one register).
+inline __m256 start_rows(const float* y, int rows, bool add) {
+  if (!add || rows <= 0) return _mm256_setzero_ps();
+  if (rows >= 8) return _mm256_loadu_ps(y);
+  alignas(32) float t[8] = {};
+  for (int r = 0; r < rows; ++r) t[r] = y[r];
+  return _mm256_load_ps(t);
+}
 
 // One core's hardware prefetcher alone does not keep enough lines in flight to reach
 // the memory bandwidth while the ALUs unpack nibbles; asking for the lines a few blocks
@@ -137,7 +146,7 @@ template <bool HI> inline float act_total(const block_q8_act& a) { return act_sc
 // loop's samples in perf, which ran at 20.6 GB/s from L3 on Zen 3 against 21.6 for q4_0).
 template <Format F, int MT, bool HI>
 void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
-              float* const* ys, int rows) {
+              float* const* ys, int rows, bool add) {
   constexpr int G = q4_group_size(F);
   constexpr int SUB = panel_group_blocks(F), CB = panel_chunk_blocks(F);  // panel.h
   constexpr int RB = panel_record_bytes(F), PER = panel_chunk_bytes(F) / CB;
@@ -147,7 +156,7 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
 #pragma GCC unroll 2
   for (int h = 0; h < 2; ++h)
 #pragma GCC unroll 4
-    for (int m = 0; m < MT; ++m) acc[h][m] = _mm256_setzero_ps();
+    for (int m = 0; m < MT; ++m) acc[h][m] = start_rows(ys[m] + 8 * h, rows - 8 * h, add);
 
   for (int64_t c0 = 0; c0 < nb; c0 += CB) {  // chunks: CB blocks' codes, then their records
     const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
@@ -236,11 +245,11 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
 
 template <int MT, bool HI>
 void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
-              float* const* ys, int rows) {
+              float* const* ys, int rows, bool add) {
   const __m256i ones = _mm256_set1_epi16(1), k254 = _mm256_set1_epi16(254);
   __m256 acc[2][MT];
   for (int h = 0; h < 2; ++h)
-    for (int m = 0; m < MT; ++m) acc[h][m] = _mm256_setzero_ps();
+    for (int m = 0; m < MT; ++m) acc[h][m] = start_rows(ys[m] + 8 * h, rows - 8 * h, add);
   constexpr int CB = panel_chunk_blocks(Format::Q8_0), PER = panel_chunk_bytes(Format::Q8_0) / CB;
   for (int64_t c0 = 0; c0 < nb; c0 += CB) {  // chunks: CB blocks' codes, then their d
     const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
@@ -298,23 +307,23 @@ void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
 
 template <int MT, bool HI>
 void panel_tile_hi(Format f, const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
-                   float* const* ys, int rows) {
+                   float* const* ys, int rows, bool add) {
   switch (f) {
-    case Format::Q4_0: q4_panel<Format::Q4_0, MT, HI>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_1: q4_panel<Format::Q4_1, MT, HI>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_G32: q4_panel<Format::Q4_G32, MT, HI>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_G64: q4_panel<Format::Q4_G64, MT, HI>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_G128: q4_panel<Format::Q4_G128, MT, HI>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q8_0: q8_panel<MT, HI>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_0: q4_panel<Format::Q4_0, MT, HI>(panel, L, nb, xs, ys, rows, add); break;
+    case Format::Q4_1: q4_panel<Format::Q4_1, MT, HI>(panel, L, nb, xs, ys, rows, add); break;
+    case Format::Q4_G32: q4_panel<Format::Q4_G32, MT, HI>(panel, L, nb, xs, ys, rows, add); break;
+    case Format::Q4_G64: q4_panel<Format::Q4_G64, MT, HI>(panel, L, nb, xs, ys, rows, add); break;
+    case Format::Q4_G128: q4_panel<Format::Q4_G128, MT, HI>(panel, L, nb, xs, ys, rows, add); break;
+    case Format::Q8_0: q8_panel<MT, HI>(panel, L, nb, xs, ys, rows, add); break;
     default: break;
   }
 }
 
 template <int MT>
 void panel_tile(bool precise, Format f, const uint8_t* panel, const PanelLayout& L, int64_t nb,
-                const block_q8_act* const* xs, float* const* ys, int rows) {
-  if (precise) panel_tile_hi<MT, true>(f, panel, L, nb, xs, ys, rows);
-  else panel_tile_hi<MT, false>(f, panel, L, nb, xs, ys, rows);
+                const block_q8_act* const* xs, float* const* ys, int rows, bool add) {
+  if (precise) panel_tile_hi<MT, true>(f, panel, L, nb, xs, ys, rows, add);
+  else panel_tile_hi<MT, false>(f, panel, L, nb, xs, ys, rows, add);
 }
 
 // Decode (one activation row): one weight row at a time, so a thread's rows are read as
@@ -423,7 +432,7 @@ void matmul_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
   }
   if (!a.panels) { matmul_ref(a, begin, end); return; }
   if (a.prompt && a.precise && gemm_i16_avx2(a, begin, end)) return;
-  const PanelLayout L = panel_layout(a.fmt, a.k);
+  const PanelLayout L = panel_layout(a.fmt, a.n, a.k);
   const int64_t nb = a.k / QK;
   constexpr int MT = 2;
   // Two activation rows per pass pay only for q8_0. GCC keeps the 4-bit 2-row kernel's
@@ -433,21 +442,28 @@ void matmul_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
   // 114 us; M = 128 int8: 190-195 against 148-152 GOPS) and slower for q8_0 (M = 128: 139
   // against 150). Not yet measured on an AVX2-only CPU (benchmarks/NOTES.md).
   const bool pair_rows = a.fmt == Format::Q8_0;
-  for (int64_t p = begin; p < end; ++p) {
-    const uint8_t* panel = a.w + p * L.panel_bytes;
-    const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
-    int64_t m = 0;
-    if (pair_rows)
-      for (; m + MT <= a.m; m += MT) {
-        const block_q8_act* xs[MT] = {a.xq + m * nb, a.xq + (m + 1) * nb};
-        float* ys[MT] = {a.y + m * a.n + p * kPanelRows, a.y + (m + 1) * a.n + p * kPanelRows};
-        if (a.precise) q8_panel<MT, true>(panel, L, nb, xs, ys, rows);
-        else q8_panel<MT, false>(panel, L, nb, xs, ys, rows);
+  // Slice by slice (panel.h): the thread's pieces of a slice are one stream from DRAM,
+  // and the slice's activation blocks stay in L1 from one piece to the next.
+  for (int64_t s = 0; s < L.slices(); ++s) {
+    const PanelLayout Ls = L.piece(s);
+    const int64_t b0 = s * kSliceBlocks;
+    const bool add = s > 0;
+    for (int64_t p = begin; p < end; ++p) {
+      const uint8_t* piece = a.w + L.piece_offset(p, s);
+      const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+      int64_t m = 0;
+      if (pair_rows)
+        for (; m + MT <= a.m; m += MT) {
+          const block_q8_act* xs[MT] = {a.xq + m * nb + b0, a.xq + (m + 1) * nb + b0};
+          float* ys[MT] = {a.y + m * a.n + p * kPanelRows, a.y + (m + 1) * a.n + p * kPanelRows};
+          if (a.precise) q8_panel<MT, true>(piece, Ls, Ls.nb, xs, ys, rows, add);
+          else q8_panel<MT, false>(piece, Ls, Ls.nb, xs, ys, rows, add);
+        }
+      for (; m < a.m; ++m) {
+        const block_q8_act* xs[1] = {a.xq + m * nb + b0};
+        float* ys[1] = {a.y + m * a.n + p * kPanelRows};
+        panel_tile<1>(a.precise, a.fmt, piece, Ls, Ls.nb, xs, ys, rows, add);
       }
-    for (; m < a.m; ++m) {
-      const block_q8_act* xs[1] = {a.xq + m * nb};
-      float* ys[1] = {a.y + m * a.n + p * kPanelRows};
-      panel_tile<1>(a.precise, a.fmt, panel, L, nb, xs, ys, rows);
     }
   }
 }

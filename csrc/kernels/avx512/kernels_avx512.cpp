@@ -65,6 +65,11 @@ bool round_act_f16_avx512(const float* x, uint16_t* y, int64_t k) {
 inline void store_rows(float* y, __m512 v, int rows) {
   _mm512_mask_storeu_ps(y, (__mmask16)((1u << rows) - 1u), v);
 }
+// A panel's sums so far: zero at the first K-slice, the earlier slices' result after it
+// (the chain of FMAs then runs through y exactly as it would in one register).
+inline __m512 start_rows(const float* y, int rows, bool add) {
+  return add ? _mm512_maskz_loadu_ps((__mmask16)((1u << rows) - 1u), y) : _mm512_setzero_ps();
+}
 
 // Software prefetch 8 KiB ahead into L2, for the panel and the dense kernels alike: each
 // thread reads its weights as one long stream. On Zen 4, alternating settings token by
@@ -87,14 +92,14 @@ inline void prefetch_ahead(const uint8_t* q, int bytes) {
 // Chunks (panel.h) in address order: CB blocks' codes, then their groups' scale records.
 template <Format F, int MT, bool HI>
 void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
-              float* const* ys, int rows) {
+              float* const* ys, int rows, bool add) {
   constexpr int G = q4_group_size(F);
   constexpr int SUB = panel_group_blocks(F), CB = panel_chunk_blocks(F);
   constexpr int RB = panel_record_bytes(F);
   constexpr int PER = panel_chunk_bytes(F) / CB;  // stream bytes per block
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[MT];
-  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  for (int m = 0; m < MT; ++m) acc[m] = start_rows(ys[m], rows, add);
   for (int64_t c0 = 0; c0 < nb; c0 += CB) {
     const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
     const int nbc = L.blocks_in_chunk(c0);
@@ -153,12 +158,12 @@ void q4_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const bloc
 
 template <int MT, bool HI>
 void q8_panel(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
-              float* const* ys, int rows) {
+              float* const* ys, int rows, bool add) {
   constexpr int CB = panel_chunk_blocks(Format::Q8_0);
   constexpr int PER = panel_chunk_bytes(Format::Q8_0) / CB;
   const __m512i bias = _mm512_set1_epi8((char)0x80);
   __m512 acc[MT];
-  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  for (int m = 0; m < MT; ++m) acc[m] = start_rows(ys[m], rows, add);
   for (int64_t c0 = 0; c0 < nb; c0 += CB) {
     const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
     const int nbc = L.blocks_in_chunk(c0);
@@ -240,14 +245,14 @@ inline __m512i times254(__m512i x) {
 
 template <Format F, int MT>
 void q4_panel_x2(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
-                 const PromptAct* const* hs, float* const* ys, int rows) {
+                 const PromptAct* const* hs, float* const* ys, int rows, bool add) {
   constexpr int G = q4_group_size(F);
   constexpr int SUB = panel_group_blocks(F), CB = panel_chunk_blocks(F);
   constexpr int RB = panel_record_bytes(F);
   constexpr int PER = panel_chunk_bytes(F) / CB;
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   __m512 acc[MT];
-  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  for (int m = 0; m < MT; ++m) acc[m] = start_rows(ys[m], rows, add);
   for (int64_t c0 = 0; c0 < nb; c0 += CB) {
     const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
     const int nbc = L.blocks_in_chunk(c0);
@@ -309,12 +314,12 @@ void q4_panel_x2(const uint8_t* panel, const PanelLayout& L, int64_t nb, const b
 
 template <int MT>
 void q8_panel_x2(const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
-                 const PromptAct* const* hs, float* const* ys, int rows) {
+                 const PromptAct* const* hs, float* const* ys, int rows, bool add) {
   constexpr int CB = panel_chunk_blocks(Format::Q8_0);
   constexpr int PER = panel_chunk_bytes(Format::Q8_0) / CB;
   const __m512i bias = _mm512_set1_epi8((char)0x80);
   __m512 acc[MT];
-  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  for (int m = 0; m < MT; ++m) acc[m] = start_rows(ys[m], rows, add);
   for (int64_t c0 = 0; c0 < nb; c0 += CB) {
     const uint8_t* chunk = panel + c0 / CB * L.chunk_bytes;
     const int nbc = L.blocks_in_chunk(c0);
@@ -357,67 +362,72 @@ void q8_panel_x2(const uint8_t* panel, const PanelLayout& L, int64_t nb, const b
 
 template <int MT>
 void panel_tile_x2(Format f, const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
-                   const PromptAct* const* hs, float* const* ys, int rows) {
+                   const PromptAct* const* hs, float* const* ys, int rows, bool add) {
   switch (f) {
-    case Format::Q4_0: q4_panel_x2<Format::Q4_0, MT>(panel, L, nb, xs, hs, ys, rows); break;
-    case Format::Q4_1: q4_panel_x2<Format::Q4_1, MT>(panel, L, nb, xs, hs, ys, rows); break;
-    case Format::Q4_G32: q4_panel_x2<Format::Q4_G32, MT>(panel, L, nb, xs, hs, ys, rows); break;
-    case Format::Q4_G64: q4_panel_x2<Format::Q4_G64, MT>(panel, L, nb, xs, hs, ys, rows); break;
-    case Format::Q4_G128: q4_panel_x2<Format::Q4_G128, MT>(panel, L, nb, xs, hs, ys, rows); break;
-    case Format::Q8_0: q8_panel_x2<MT>(panel, L, nb, xs, hs, ys, rows); break;
+    case Format::Q4_0: q4_panel_x2<Format::Q4_0, MT>(panel, L, nb, xs, hs, ys, rows, add); break;
+    case Format::Q4_1: q4_panel_x2<Format::Q4_1, MT>(panel, L, nb, xs, hs, ys, rows, add); break;
+    case Format::Q4_G32: q4_panel_x2<Format::Q4_G32, MT>(panel, L, nb, xs, hs, ys, rows, add); break;
+    case Format::Q4_G64: q4_panel_x2<Format::Q4_G64, MT>(panel, L, nb, xs, hs, ys, rows, add); break;
+    case Format::Q4_G128: q4_panel_x2<Format::Q4_G128, MT>(panel, L, nb, xs, hs, ys, rows, add); break;
+    case Format::Q8_0: q8_panel_x2<MT>(panel, L, nb, xs, hs, ys, rows, add); break;
     default: break;
   }
 }
 
-// MT activation rows from row m0 of the batch against one panel.
+// MT activation rows from row m0 of the batch against one panel's piece of slice s.
 template <int MT>
-void panel_rows_x2(const MatmulArgs& a, const uint8_t* panel, const PanelLayout& L, const PromptAct* headers,
-                   int64_t m0, float* y0, int rows) {
-  const int64_t nb = a.k / QK;
+void panel_rows_x2(const MatmulArgs& a, const uint8_t* piece, const PanelLayout& Ls, int64_t s,
+                   const PromptAct* headers, int64_t m0, float* y0, int rows) {
+  const int64_t nb = a.k / QK, b0 = s * kSliceBlocks;
   const block_q8_act* xs[MT];
   const PromptAct* hs[MT];
   float* ys[MT];
   for (int i = 0; i < MT; ++i) {
-    xs[i] = a.xq + (m0 + i) * nb;
-    hs[i] = headers + (m0 + i) * nb;
+    xs[i] = a.xq + (m0 + i) * nb + b0;
+    hs[i] = headers + (m0 + i) * nb + b0;
     ys[i] = y0 + (m0 + i) * a.n;
   }
-  panel_tile_x2<MT>(a.fmt, panel, L, nb, xs, hs, ys, rows);
+  panel_tile_x2<MT>(a.fmt, piece, Ls, Ls.nb, xs, hs, ys, rows, s > 0);
 }
 
+// Slice by slice, the thread's panels' pieces in address order (panel.h): each piece
+// (9-17 KiB) stays in L1 for all the rows, the slice's activations in L2.
 void matmul_panels_x2(const MatmulArgs& a, int64_t begin, int64_t end) {
-  const PanelLayout L = panel_layout(a.fmt, a.k);
+  const PanelLayout L = panel_layout(a.fmt, a.n, a.k);
   const PromptAct* headers = prompt_headers(a.fmt, a.xq, a.m * (a.k / QK));
-  for (int64_t p = begin; p < end; ++p) {
-    const uint8_t* panel = a.w + p * L.panel_bytes;
-    const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
-    float* y0 = a.y + p * kPanelRows;
-    int64_t m = 0;
-    for (; m + 8 <= a.m; m += 8) panel_rows_x2<8>(a, panel, L, headers, m, y0, rows);
-    for (; m + 4 <= a.m; m += 4) panel_rows_x2<4>(a, panel, L, headers, m, y0, rows);
-    for (; m < a.m; ++m) panel_rows_x2<1>(a, panel, L, headers, m, y0, rows);
+  for (int64_t s = 0; s < L.slices(); ++s) {
+    const PanelLayout Ls = L.piece(s);
+    for (int64_t p = begin; p < end; ++p) {
+      const uint8_t* piece = a.w + L.piece_offset(p, s);
+      const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+      float* y0 = a.y + p * kPanelRows;
+      int64_t m = 0;
+      for (; m + 8 <= a.m; m += 8) panel_rows_x2<8>(a, piece, Ls, s, headers, m, y0, rows);
+      for (; m + 4 <= a.m; m += 4) panel_rows_x2<4>(a, piece, Ls, s, headers, m, y0, rows);
+      for (; m < a.m; ++m) panel_rows_x2<1>(a, piece, Ls, s, headers, m, y0, rows);
+    }
   }
 }
 
 template <int MT, bool HI>
 void panel_tile_hi(Format f, const uint8_t* panel, const PanelLayout& L, int64_t nb, const block_q8_act* const* xs,
-                   float* const* ys, int rows) {
+                   float* const* ys, int rows, bool add) {
   switch (f) {
-    case Format::Q4_0: q4_panel<Format::Q4_0, MT, HI>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_1: q4_panel<Format::Q4_1, MT, HI>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_G32: q4_panel<Format::Q4_G32, MT, HI>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_G64: q4_panel<Format::Q4_G64, MT, HI>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q4_G128: q4_panel<Format::Q4_G128, MT, HI>(panel, L, nb, xs, ys, rows); break;
-    case Format::Q8_0: q8_panel<MT, HI>(panel, L, nb, xs, ys, rows); break;
+    case Format::Q4_0: q4_panel<Format::Q4_0, MT, HI>(panel, L, nb, xs, ys, rows, add); break;
+    case Format::Q4_1: q4_panel<Format::Q4_1, MT, HI>(panel, L, nb, xs, ys, rows, add); break;
+    case Format::Q4_G32: q4_panel<Format::Q4_G32, MT, HI>(panel, L, nb, xs, ys, rows, add); break;
+    case Format::Q4_G64: q4_panel<Format::Q4_G64, MT, HI>(panel, L, nb, xs, ys, rows, add); break;
+    case Format::Q4_G128: q4_panel<Format::Q4_G128, MT, HI>(panel, L, nb, xs, ys, rows, add); break;
+    case Format::Q8_0: q8_panel<MT, HI>(panel, L, nb, xs, ys, rows, add); break;
     default: break;
   }
 }
 
 template <int MT>
 void panel_tile(bool precise, Format f, const uint8_t* panel, const PanelLayout& L, int64_t nb,
-                const block_q8_act* const* xs, float* const* ys, int rows) {
-  if (precise) panel_tile_hi<MT, true>(f, panel, L, nb, xs, ys, rows);
-  else panel_tile_hi<MT, false>(f, panel, L, nb, xs, ys, rows);
+                const block_q8_act* const* xs, float* const* ys, int rows, bool add) {
+  if (precise) panel_tile_hi<MT, true>(f, panel, L, nb, xs, ys, rows, add);
+  else panel_tile_hi<MT, false>(f, panel, L, nb, xs, ys, rows, add);
 }
 
 inline __m512 load16(Format f, const uint8_t* w, int64_t i, __mmask16 mask) {
@@ -501,23 +511,30 @@ void matmul_avx512(const MatmulArgs& a, int64_t begin, int64_t end) {
   }
   if (!a.panels) { matmul_ref(a, begin, end); return; }
   if (a.precise && a.prompt) { matmul_panels_x2(a, begin, end); return; }
-  const PanelLayout L = panel_layout(a.fmt, a.k);
+  const PanelLayout L = panel_layout(a.fmt, a.n, a.k);
   const int64_t nb = a.k / QK;
   constexpr int MT = 4;  // 4 activation rows share each unpacked weight vector
-  for (int64_t p = begin; p < end; ++p) {
-    const uint8_t* panel = a.w + p * L.panel_bytes;
-    const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
-    float* y0 = a.y + p * kPanelRows;
-    int64_t m = 0;
-    for (; m + MT <= a.m; m += MT) {
-      const block_q8_act* xs[MT] = {a.xq + m * nb, a.xq + (m + 1) * nb, a.xq + (m + 2) * nb, a.xq + (m + 3) * nb};
-      float* ys[MT] = {y0 + m * a.n, y0 + (m + 1) * a.n, y0 + (m + 2) * a.n, y0 + (m + 3) * a.n};
-      panel_tile<MT>(a.precise, a.fmt, panel, L, nb, xs, ys, rows);
-    }
-    for (; m < a.m; ++m) {
-      const block_q8_act* xs[1] = {a.xq + m * nb};
-      float* ys[1] = {y0 + m * a.n};
-      panel_tile<1>(a.precise, a.fmt, panel, L, nb, xs, ys, rows);
+  // Slice by slice (panel.h): the thread's pieces of a slice are one stream from DRAM,
+  // and the slice's activation blocks stay in L1 from one piece to the next.
+  for (int64_t s = 0; s < L.slices(); ++s) {
+    const PanelLayout Ls = L.piece(s);
+    const int64_t b0 = s * kSliceBlocks;
+    for (int64_t p = begin; p < end; ++p) {
+      const uint8_t* piece = a.w + L.piece_offset(p, s);
+      const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+      float* y0 = a.y + p * kPanelRows;
+      int64_t m = 0;
+      for (; m + MT <= a.m; m += MT) {
+        const block_q8_act* xs[MT] = {a.xq + m * nb + b0, a.xq + (m + 1) * nb + b0, a.xq + (m + 2) * nb + b0,
+                                      a.xq + (m + 3) * nb + b0};
+        float* ys[MT] = {y0 + m * a.n, y0 + (m + 1) * a.n, y0 + (m + 2) * a.n, y0 + (m + 3) * a.n};
+        panel_tile<MT>(a.precise, a.fmt, piece, Ls, Ls.nb, xs, ys, rows, s > 0);
+      }
+      for (; m < a.m; ++m) {
+        const block_q8_act* xs[1] = {a.xq + m * nb + b0};
+        float* ys[1] = {y0 + m * a.n};
+        panel_tile<1>(a.precise, a.fmt, piece, Ls, Ls.nb, xs, ys, rows, s > 0);
+      }
     }
   }
 }

@@ -5,8 +5,9 @@ Why GGUF: it is the well-known single-file container for this job (typed key-val
 metadata, aligned tensor data, memory-mappable, readable by gguf-py and llama.cpp's
 tools), and it needs no code of our own to parse. What is ours is the content:
 
-- ``linly.format_version`` (2; version 1 kept each panel's scales at its end, before
-  the chunked panels of ``panel.h``), ``linly.tool``, ``linly.source``: provenance;
+- ``linly.format_version`` (3; version 2 kept each panel whole along K, before the
+  K-slices of ``panel.h``; version 1 kept each panel's scales at its end, before the
+  chunked panels), ``linly.tool``, ``linly.source``: provenance;
 - ``linly.config``: the decoder config (JSON); a tied LM head is stored once, as the
   embedding, with ``tie_word_embeddings`` true;
 - ``linly.tensors``: JSON ``{name: {"fmt", "shape", "layout"}}``. Integer formats are
@@ -39,7 +40,7 @@ from linly_engine.formats.checkpoint import Checkpoint, Tensor
 from linly_engine.formats.hf import CheckpointError
 from linly_engine.precision import target_format
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 PANEL_FORMATS = ("q4_0", "q4_1", "q8_0", "q4_g32", "q4_g64", "q4_g128")
 HF_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
             "generation_config.json", "chat_template.jinja")
