@@ -82,15 +82,17 @@ inline __m512 start_rows(const float* y, int rows, bool add) {
 #define LINLY_AVX512_PREFETCH_BYTES 8192
 #endif
 constexpr int kPrefetchBytes = LINLY_AVX512_PREFETCH_BYTES;
-// Since the panels are stored in K-slices (panel.h), the int8 decode loop leaves a long
+// Since the panels are stored in K-slices (panel.h), the decode loops mostly leave a long
 // stream to the hardware prefetchers: with the software prefetch one thread read 22.5 GB/s
-// of 4096x4096 q4_0 from DRAM, without it 29.5 (the probe: 31; Zen 4), 70-73 % against
-// 88-93 % of the bandwidth on the TinyLlama shapes. The int8x2 loop (twice the integer
-// work per byte, the decoder's default) still wants it: 86-90 % with, 86-88 % without,
-// and small matrices want it in either mode: SmolLM2's (0.2-0.5 MB each, one short stream
-// per thread between attention and norms) decoded 0.92x / 0.95x (one / two threads)
-// without it, and the same with it for everything under 1 MiB (session 25).
+// of 4096x4096 q4_0 from DRAM, without it 29.5 (the probe: 31; Zen 4). One thread,
+// TinyLlama shapes, % of the read bandwidth with / without it (session 25):
+//   int8:   q4_0 70-73 / 88-93, q8_0 and q4_1 likewise
+//   int8x2: q4_0 81-96 / 82-85, q4_g128 87-90 / 79-87, q4_1 81-89 / 94-104, q8_0 67-71 / 89-100
+// Small matrices want it in either mode: SmolLM2's (0.2-0.5 MB each, one short stream per
+// thread between attention and norms) decoded 0.92x / 0.95x (one / two threads) without
+// it, and the same with it for everything under 1 MiB.
 constexpr int64_t kPrefetchBelowBytes = 1 << 20;
+bool prefetch_large(Format f, bool precise) { return precise && f != Format::Q4_1 && f != Format::Q8_0; }
 template <int Ahead = kPrefetchBytes, enum _mm_hint Hint = _MM_HINT_T1>
 inline void prefetch_ahead(const uint8_t* q, int bytes) {
   if (Ahead == 0) return;
@@ -533,7 +535,7 @@ void matmul_avx512(const MatmulArgs& a, int64_t begin, int64_t end) {
   constexpr int MT = 4;  // 4 activation rows share each unpacked weight vector
   // Slice by slice (panel.h): the thread's pieces of a slice are one stream from DRAM,
   // and the slice's activation blocks stay in L1 from one piece to the next.
-  const bool prefetch = a.precise || L.panels * L.panel_bytes < kPrefetchBelowBytes;
+  const bool prefetch = L.panels * L.panel_bytes < kPrefetchBelowBytes || prefetch_large(a.fmt, a.precise);
   for (int64_t s = 0; s < L.slices(); ++s) {
     const PanelLayout Ls = L.piece(s);
     const int64_t b0 = s * kSliceBlocks;
