@@ -67,6 +67,8 @@ static_assert(panel_chunk_bytes(Format::Q4_0) == 576 && panel_chunk_bytes(Format
 // 32 KiB L1d; it is a multiple of every format's chunk and group.
 constexpr int kSliceBlocks = 32;
 
+struct PanelPiece;
+
 struct PanelLayout {
   int64_t nb;           // 32-blocks per row: of the matrix, or of one piece (piece())
   int64_t panels;       // 16-row panels side by side in a slice (1 in a piece's layout)
@@ -104,16 +106,31 @@ struct PanelLayout {
   // Blocks in the chunk starting at block c0 (CB, or fewer in a piece's last chunk).
   int blocks_in_chunk(int64_t c0) const { return (int)(nb - c0 < chunk_blocks ? nb - c0 : chunk_blocks); }
 
-  // In the matrix's layout: block b of panel p, from the matrix's start.
-  int64_t qs_at(int64_t p, int64_t b) const {
-    const int64_t s = b / kSliceBlocks;
-    return piece_offset(p, s) + piece(s).qs_offset(b % kSliceBlocks);
-  }
-  int64_t record_at(int64_t p, int64_t b) const {
-    const int64_t s = b / kSliceBlocks;
-    return piece_offset(p, s) + piece(s).record_offset(b % kSliceBlocks);
-  }
+  // In the matrix's layout: the piece holding block b of panel p, and that block's codes
+  // and record from the matrix's start.
+  PanelPiece piece_of(int64_t p, int64_t b) const;
+  int64_t qs_at(int64_t p, int64_t b) const;
+  int64_t record_at(int64_t p, int64_t b) const;
 };
+
+struct PanelPiece {
+  int64_t offset;  // from the matrix's start
+  PanelLayout L;   // the layout inside it
+  int64_t b;       // the block's index in it
+};
+
+inline PanelPiece PanelLayout::piece_of(int64_t p, int64_t b) const {
+  const int64_t s = b / kSliceBlocks;
+  return {piece_offset(p, s), piece(s), b % kSliceBlocks};
+}
+inline int64_t PanelLayout::qs_at(int64_t p, int64_t b) const {
+  const PanelPiece c = piece_of(p, b);
+  return c.offset + c.L.qs_offset(c.b);
+}
+inline int64_t PanelLayout::record_at(int64_t p, int64_t b) const {
+  const PanelPiece c = piece_of(p, b);
+  return c.offset + c.L.record_offset(c.b);
+}
 
 bool format_has_panels(Format f);
 // The layout of an n-row, k-column matrix (n only sets how many pieces share a slice).

@@ -253,17 +253,6 @@ void prefetch_blocks(const uint8_t* panel, const PanelLayout& L, int64_t b0, int
   for (int64_t o = lo; o < hi; o += 64) _mm_prefetch((const char*)(panel + o), _MM_HINT_T0);
 }
 
-// A tile's blocks [b0, b0 + kKc/QK) lie in one K-slice (panel.h): panel p's piece of it.
-struct TilePiece {
-  const uint8_t* w;
-  PanelLayout L;
-  int64_t b0;  // within the piece
-};
-TilePiece tile_piece(const MatmulArgs& a, const PanelLayout& L, int64_t p, int64_t b0) {
-  const int64_t s = b0 / kSliceBlocks;
-  return {a.w + L.piece_offset(p, s), L.piece(s), b0 % kSliceBlocks};
-}
-
 }  // namespace
 
 bool gemm_i16_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
@@ -288,13 +277,14 @@ bool gemm_i16_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
       for (int64_t p = g0; p < g1; ++p) {
         // The next tile in this order: the group's next panel, or its first at the next chunk.
         const int64_t np = p + 1 < g1 ? p + 1 : g0, nb0 = p + 1 < g1 ? b0 : b0 + kKc / QK;
+        // A tile's blocks lie in one K-slice (kKc divides it): its panel's piece of it.
         if (nb0 < nb) {
-          const TilePiece next = tile_piece(a, L, np, nb0);
-          prefetch_blocks(next.w, next.L, next.b0, next.b0 + (nb0 + kKc / QK < nb ? kKc / QK : nb - nb0));
+          const PanelPiece next = L.piece_of(np, nb0);
+          prefetch_blocks(a.w + next.offset, next.L, next.b, next.b + (nb0 + kKc / QK < nb ? kKc / QK : nb - nb0));
         }
         const int cols = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
-        const TilePiece here = tile_piece(a, L, p, b0);
-        fill(a.fmt, here.w, here.L, here.b0, nblk, tile, dw, mw);
+        const PanelPiece here = L.piece_of(p, b0);
+        fill(a.fmt, a.w + here.offset, here.L, here.b, nblk, tile, dw, mw);
         for (int64_t g = 0; g < groups; ++g) {
           const int mr = (int)(a.m - g * kMr < kMr ? a.m - g * kMr : kMr);
           const int32_t* xg = xp + (g * nb + b0) * 16 * kMr;

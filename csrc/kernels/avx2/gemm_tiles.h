@@ -163,9 +163,10 @@ struct TileSource {
       return;
     }
     // A tile's blocks lie in one K-slice (kKc divides it): panel r0/16's piece of it.
-    const int64_t s = k0 / QK / kSliceBlocks, b0 = k0 / QK % kSliceBlocks;
-    const uint8_t* panel = a.w + L.piece_offset(r0 / kPanelRows, s);
-    const PanelLayout Ls = L.piece(s);
+    const PanelPiece c = L.piece_of(r0 / kPanelRows, k0 / QK);
+    const uint8_t* panel = a.w + c.offset;
+    const PanelLayout& Ls = c.L;
+    const int64_t b0 = c.b;
     const int nblk = kc / QK;
     switch (a.fmt) {
       case Format::Q4_0: panel_to_tile<Format::Q4_0>(panel, Ls, b0, nblk, tile); break;
@@ -191,10 +192,9 @@ struct TileSource {
       return;
     }
     // Blocks [b0, b1) of a piece with their records lie in [qs_offset(b0), record_offset(b1 - 1) + record).
-    const int64_t s = k0 / QK / kSliceBlocks, b0 = k0 / QK % kSliceBlocks, b1 = b0 + kc / QK;
-    const uint8_t* panel = a.w + L.piece_offset(r0 / kPanelRows, s);
-    const PanelLayout Ls = L.piece(s);
-    const int64_t lo = Ls.qs_offset(b0), hi = Ls.record_offset(b1 - 1) + Ls.record_bytes;
+    const PanelPiece c = L.piece_of(r0 / kPanelRows, k0 / QK);
+    const uint8_t* panel = a.w + c.offset;
+    const int64_t lo = c.L.qs_offset(c.b), hi = c.L.record_offset(c.b + kc / QK - 1) + c.L.record_bytes;
     for (int64_t o = lo; o < hi; o += 64) _mm_prefetch((const char*)(panel + o), _MM_HINT_T0);
   }
 };
