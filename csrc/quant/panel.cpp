@@ -48,8 +48,6 @@ void walk_panel(Format f, const PanelLayout& L, int64_t k, int64_t p, int64_t r0
     }
   }
 }
-
-int64_t rows_of_panel(int64_t n, int64_t p) { return n - p * kPanelRows < kPanelRows ? n - p * kPanelRows : kPanelRows; }
 }  // namespace
 
 bool format_has_panels(Format f) { return plain_block(f).qs >= 0; }
@@ -81,7 +79,7 @@ void repack_to_panels(Format f, const uint8_t* plain, int64_t n, int64_t k, uint
   for (int64_t p = p0; p < p1; ++p) {
     for (int64_t s = 0; s < L.slices(); ++s) std::memset(out + L.piece_offset(p, s), 0, (size_t)L.piece(s).piece_bytes);
     const uint8_t* src = plain + p * kPanelRows * rb;
-    walk_panel(f, L, k, p, 0, rows_of_panel(n, p), [&](int64_t po, int64_t so, int len) { std::memcpy(out + po, src + so, len); });
+    walk_panel(f, L, k, p, 0, panel_rows(n, p), [&](int64_t po, int64_t so, int len) { std::memcpy(out + po, src + so, len); });
   }
 }
 
@@ -91,7 +89,7 @@ void unpack_from_panels(Format f, const uint8_t* panels, int64_t n, int64_t k, u
   std::memset(plain, 0, (size_t)(n * rb));  // q4_g's reserved byte
   for (int64_t p = 0; p < panel_count(n); ++p) {
     uint8_t* dst = plain + p * kPanelRows * rb;
-    walk_panel(f, L, k, p, 0, rows_of_panel(n, p), [&](int64_t po, int64_t so, int len) { std::memcpy(dst + so, panels + po, len); });
+    walk_panel(f, L, k, p, 0, panel_rows(n, p), [&](int64_t po, int64_t so, int len) { std::memcpy(dst + so, panels + po, len); });
   }
 }
 

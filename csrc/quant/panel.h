@@ -10,9 +10,10 @@
 //
 // A panel's piece of a K-slice (below) is a run of chunks; a chunk is CB consecutive
 // 32-blocks' codes followed by the scale records of the groups those blocks belong to, so
-// a GEMV reads every byte of the piece in address order, one stream. (Scales gathered at the panel's end made a second
-// stream 16 KiB away from the codes: the 4-bit GEMV then read 79 % of the bandwidth that
-// the same loop reached with the scales in address order, benchmarks/NOTES.md.)
+// a GEMV reads every byte of the piece in address order, one stream. (Scales gathered at
+// the panel's end made a second stream 16 KiB away from the codes: the 4-bit GEMV then
+// read 79 % of the bandwidth that the same loop reached with the scales in address order,
+// benchmarks/NOTES.md.)
 //
 //   block codes  q4: qs[4][16][4]  (256 B)     q8_0: qs[8][16][4]  (512 B)
 //   record       q4_0, q8_0: d[16] f16 (32 B)   q4_1: d[16] f16, m[16] f16 (64 B)
@@ -136,6 +137,10 @@ bool format_has_panels(Format f);
 // The layout of an n-row, k-column matrix (n only sets how many pieces share a slice).
 PanelLayout panel_layout(Format f, int64_t n, int64_t k);
 static inline int64_t panel_count(int64_t n) { return (n + kPanelRows - 1) / kPanelRows; }
+// Rows of an n-row matrix that panel p holds (kPanelRows but in the last panel).
+static inline int panel_rows(int64_t n, int64_t p) {
+  return (int)(n - p * kPanelRows < kPanelRows ? n - p * kPanelRows : kPanelRows);
+}
 
 // plain: n rows of row_bytes(f, k); out: panel_count(n) * panel_bytes, 64-byte aligned.
 // Writes panels [p0, p1) (their pieces of every slice), so that threads can share the work.

@@ -188,7 +188,7 @@ void prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end, int64_t tiles
     unpack_panel<F>(a.w, L, p, nb, pb);
     // GCC's tileloadd asm names no memory operand: keep the unpacked stores before it.
     __asm__ volatile("" ::: "memory");
-    const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+    const int rows = panel_rows(a.n, p);
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t m0 = t * kTileRows;
       const block_q8_act* x0 = a.xq + m0 * nb;
@@ -544,7 +544,7 @@ void f32_prompt_tiles(const MatmulArgs& a, int64_t begin, int64_t end) {
       const uint8_t* cur = wbuf.data() + ((p - begin) & 1) * range * 2048;
       NextPanel nx{p + 1 < end ? p + 1 : -1,
                    wbuf.data() + ((p - begin + 1) & 1) * range * 2048, a0, kn, groups, 0, 0};
-      const int cols = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+      const int cols = panel_rows(a.n, p);
       for (int64_t t = 0; t < tiles; t += kGroupTiles) {
         switch (std::min<int64_t>(kGroupTiles, tiles - t)) {
           case 4: tile_group<F, 4, SplitX>(a, src, cur, x, x_stride, kn, t, p, cols, a0 == 0, nx); break;

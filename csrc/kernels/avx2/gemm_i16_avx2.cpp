@@ -282,7 +282,7 @@ bool gemm_i16_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
           const PanelPiece next = L.piece_of(np, nb0);
           prefetch_blocks(a.w + next.offset, next.L, next.b, next.b + (nb0 + kKc / QK < nb ? kKc / QK : nb - nb0));
         }
-        const int cols = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+        const int cols = panel_rows(a.n, p);
         const PanelPiece here = L.piece_of(p, b0);
         fill(a.fmt, a.w + here.offset, here.L, here.b, nblk, tile, dw, mw);
         for (int64_t g = 0; g < groups; ++g) {

@@ -450,7 +450,7 @@ void matmul_avx2(const MatmulArgs& a, int64_t begin, int64_t end) {
     const bool add = s > 0;
     for (int64_t p = begin; p < end; ++p) {
       const uint8_t* piece = a.w + L.piece_offset(p, s);
-      const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+      const int rows = panel_rows(a.n, p);
       int64_t m = 0;
       if (pair_rows)
         for (; m + MT <= a.m; m += MT) {

@@ -410,7 +410,7 @@ void matmul_panels_x2(const MatmulArgs& a, int64_t begin, int64_t end) {
     const PanelLayout Ls = L.piece(s);
     for (int64_t p = begin; p < end; ++p) {
       const uint8_t* piece = a.w + L.piece_offset(p, s);
-      const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+      const int rows = panel_rows(a.n, p);
       float* y0 = a.y + p * kPanelRows;
       int64_t m = 0;
       for (; m + 8 <= a.m; m += 8) panel_rows_x2<8>(a, piece, Ls, s, headers, m, y0, rows);
@@ -541,7 +541,7 @@ void matmul_avx512(const MatmulArgs& a, int64_t begin, int64_t end) {
     const int64_t b0 = s * kSliceBlocks;
     for (int64_t p = begin; p < end; ++p) {
       const uint8_t* piece = a.w + L.piece_offset(p, s);
-      const int rows = (int)(a.n - p * kPanelRows < kPanelRows ? a.n - p * kPanelRows : kPanelRows);
+      const int rows = panel_rows(a.n, p);
       float* y0 = a.y + p * kPanelRows;
       int64_t m = 0;
       for (; m + MT <= a.m; m += MT) {
